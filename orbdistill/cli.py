@@ -1,0 +1,95 @@
+"""The ``orbdistill`` command line: thin wrappers over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _threads(n):
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def _read_structure(path):
+    if path is None:
+        return None
+    from orbdistill.io import read_structure
+
+    return read_structure(path)
+
+
+def cmd_analyze(args) -> int:
+    from orbdistill.profiling import analyze, compare_reports, write_report
+
+    _threads(args.threads)
+    atoms = _read_structure(args.structure)
+    rep = analyze(args.name, structure=atoms, structure_path=args.structure, repeats=args.repeats,
+                  device=args.device, memory=not args.no_memory, n_atoms_hint=args.n_atoms)
+    paths = write_report(rep, args.out)
+    print(f"{rep['target']}: {rep['total_params']:,} parameters, "
+          f"forward {rep['flops_forward_total'] / 1e9:.2f} GFLOPs, gradient pass {rep['flops_backward_total'] / 1e9:.2f} GFLOPs, "
+          f"step {rep['latency_ms']['total_step']:.1f} ms ({rep['structure']['n_atoms']} atoms, {rep['environment']['threads']} threads)")
+    if rep.get("warning"):
+        print(rep["warning"])
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    if args.compare:
+        other = analyze(args.compare, structure=atoms, structure_path=args.structure, repeats=args.repeats,
+                        device=args.device, memory=not args.no_memory, n_atoms_hint=args.n_atoms)
+        from pathlib import Path
+
+        write_report(other, Path(args.out) / "other")
+        comp = compare_reports(rep, other, args.out)
+        for row in comp["rows"]:
+            q = row["ratio_a_over_b"]
+            print(f"  {row['quantity']:>18}: {'-' if q is None else f'{q:.2f}x'}")
+        print(f"wrote {Path(args.out) / 'compare.md'}")
+    return 0
+
+
+def cmd_teachers(args) -> int:
+    from orbdistill.teachers import available_teachers
+
+    print("\n".join(available_teachers()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orbdistill", description="Distil foundation interatomic potentials into fast students.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="layer-by-layer parameters, FLOPs, latency and memory of a model")
+    a.add_argument("name", help="teacher name (e.g. orb-v3-conservative-inf-omat), student kind or package")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--structure", default=None, help="structure file (CIF, POSCAR, extxyz...); default 256-atom Cu fcc")
+    a.add_argument("--n-atoms", type=int, default=256, help="size of the default Cu structure")
+    a.add_argument("--compare", default=None, help="a second model to put side by side")
+    a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory probe")
+    a.set_defaults(func=cmd_analyze)
+
+    t = sub.add_parser("teachers", help="list teacher names")
+    t.set_defaults(func=cmd_teachers)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"orbdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

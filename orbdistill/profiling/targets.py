@@ -1,0 +1,171 @@
+"""What the analyser can analyse: a root module plus how to run one MD step through it.
+
+A :class:`Target` gives the analyser a root ``torch.nn.Module`` (for parameters and
+per-module hooks), a function that builds the model's input graph from ``ase.Atoms``
+(timed as graph construction), and a ``step`` function that evaluates energy, forces and
+stress exactly as the model's own calculator does. ``step`` calls ``mark()`` when the
+forward pass is over and the gradient pass (conservative forces and stress) starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # "teacher" or "student"
+    family: str
+    module: torch.nn.Module
+    make_inputs: Callable[[Any], Any]
+    step: Callable[[Any, Callable[[], None]], Any]
+    conservative: bool
+    cutoff: Optional[float] = None
+    max_neighbors: Optional[int] = None
+    random_weights: bool = False
+    count_edges: Callable[[Any], int] = lambda inputs: -1
+    notes: list = field(default_factory=list)
+
+
+def _noop():
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Orb (orb-models)
+# --------------------------------------------------------------------------------------
+
+
+def orb_conservative_step(model, batch, mark: Callable[[], None] = _noop):
+    """Energy, gradient forces and stress of an Orb conservative model, as its
+    ``ConservativeForcefieldRegressor.forward`` computes them, with the gradient pass
+    separated from the forward pass."""
+    vectors, displacement, generator = batch.compute_differentiable_edge_vectors()
+    batch.system_features["stress_displacement"] = displacement
+    batch.system_features["generator"] = generator
+    batch.edge_features["vectors"] = vectors
+    out = model.model(batch)
+    node_features = out["node_features"]
+    head = model.heads[model.energy_name]
+    energy = head.denormalize(head(node_features, batch), batch)
+    if model.pair_repulsion:
+        energy = energy + model.pair_repulsion_fn(batch)["energy"]
+    for name in model.extra_properties:  # e.g. the confidence head, run by orb's forward too
+        model.heads[name](node_features, batch)
+    mark()
+    positions = batch.node_features["positions"]
+    grads = torch.autograd.grad(energy.sum(), [positions, displacement, generator], allow_unused=True)
+    forces = -grads[0]
+    volume = torch.linalg.det(batch.system_features["cell"].view(-1, 3, 3)).abs().view(-1, 1, 1)
+    stress = grads[1] / volume
+    return energy.detach(), forces.detach(), stress.detach()
+
+
+def orb_target(teacher) -> Target:
+    from orbdistill.teachers.orb import is_conservative, orb_to_graph
+
+    model = teacher.model
+    adapter = teacher.extra.get("_adapter")
+    device = next(model.parameters()).device
+    conservative = is_conservative(model)
+
+    def make_inputs(atoms):
+        return orb_to_graph(model, atoms, adapter=adapter, device=device)
+
+    if conservative:
+        def step(batch, mark=_noop):
+            return orb_conservative_step(model, batch, mark)
+    else:
+        def step(batch, mark=_noop):
+            with torch.no_grad():
+                out = model.predict(batch)
+            mark()
+            return out
+
+    return Target(
+        name=teacher.name,
+        kind="teacher",
+        family="orb",
+        module=model,
+        make_inputs=make_inputs,
+        step=step,
+        conservative=conservative,
+        cutoff=teacher.cutoff,
+        max_neighbors=teacher.max_neighbors,
+        random_weights=teacher.random_weights,
+        count_edges=lambda batch: int(batch.senders.shape[0]),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# SevenNet
+# --------------------------------------------------------------------------------------
+
+
+def sevennet_target(teacher) -> Target:
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+    calc = teacher.calculator()
+    model = calc.model
+    device = next(model.parameters()).device
+    force_module = getattr(model, "force_output", None)
+
+    def make_inputs(atoms):
+        data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, calc.cutoff, with_shift=False))
+        return data.to(device)
+
+    def step(data, mark=_noop):
+        handle = None
+        if force_module is not None:
+            handle = force_module.register_forward_pre_hook(lambda m, a: mark())
+        try:
+            return model(data.clone() if hasattr(data, "clone") else data)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    return Target(
+        name=teacher.name,
+        kind="teacher",
+        family="sevennet",
+        module=model,
+        make_inputs=make_inputs,
+        step=step,
+        conservative=True,
+        cutoff=teacher.cutoff,
+        max_neighbors=None,
+        random_weights=False,
+        count_edges=lambda data: int(data["edge_index"].shape[1]),
+        notes=["SevenNet computes forces inside its `force_output` module; its gradient pass is timed from that module on."],
+    )
+
+
+def resolve_target(name_or_obj, device=None) -> Target:
+    """A :class:`Target` for a teacher name (architecture only for Orb) or a student.
+
+    Teachers are loaded without downloading weights: Orb models are built with random
+    weights, which have the same parameters, FLOPs and speed as the published ones.
+    """
+    if isinstance(name_or_obj, Target):
+        return name_or_obj
+    from orbdistill.teachers import ORB_NAMES, load_teacher
+
+    if isinstance(name_or_obj, str):
+        key = name_or_obj.strip().lower()
+        if key in ORB_NAMES:
+            return orb_target(load_teacher(key, weights="random", device=device or "cpu"))
+        if key in ("sevennet-0", "7net-0"):
+            return sevennet_target(load_teacher(key, device=device or "cpu"))
+        if key == "emt":
+            raise ValueError("'emt' is a classical potential with no neural network to analyse.")
+        from . import student_targets  # students: names, checkpoints and packages
+
+        return student_targets.student_target(name_or_obj, device=device)
+    from . import student_targets
+
+    return student_targets.student_target(name_or_obj, device=device)

@@ -1,0 +1,50 @@
+"""Teachers: the models whose physics students learn.
+
+>>> from orbdistill.teachers import load_teacher
+>>> t = load_teacher("emt")
+>>> t.describe()["name"]
+'emt'
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .ase_calculators import EMT_SPECIES, load_emt_teacher, teacher_from_calculator
+from .base import Prediction, Teacher
+from .orb import ORB_NAMES, load_orb_teacher
+from .sevennet import SEVENNET_NAMES, load_sevennet_teacher
+
+__all__ = ["load_teacher", "available_teachers", "Teacher", "Prediction", "ORB_NAMES"]
+
+
+def available_teachers() -> list:
+    """Names accepted by :func:`load_teacher`."""
+    return sorted(ORB_NAMES) + ["sevennet-0", "emt"]
+
+
+def load_teacher(name, device=None, weights: Optional[str] = None, **kwargs) -> Teacher:
+    """Load a teacher by name, or wrap an ASE calculator object.
+
+    Args:
+        name: an Orb name (``orb-v3-conservative-inf-omat``, ...), ``sevennet-0``, ``emt``,
+            or an ASE calculator instance
+        device: torch device ("cpu", "cuda"); default: CUDA when available
+        weights: Orb only: None downloads the published checkpoint, a path loads a local
+            checkpoint, "random" builds the architecture with random weights
+        **kwargs: passed to the family loader (e.g. ``precision`` for Orb)
+    Returns:
+        Teacher
+    """
+    if not isinstance(name, str):
+        return teacher_from_calculator(name, **kwargs)
+    key = name.strip().lower()
+    if key in ORB_NAMES:
+        return load_orb_teacher(key, weights=weights, device=device, **kwargs)
+    if weights is not None:
+        raise ValueError(f"weights= applies to Orb teachers only, not {name!r}.")
+    if key in SEVENNET_NAMES:
+        return load_sevennet_teacher(key, device=device)
+    if key == "emt":
+        return load_emt_teacher()
+    raise ValueError(f"Unknown teacher {name!r}. Valid names: {', '.join(available_teachers())}.")
