@@ -284,6 +284,7 @@ def build_graph(
     device: Union[str, torch.device, None] = None,
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
+    min_distance: Optional[float] = None,
 ) -> AtomGraph:
     """Build an :class:`AtomGraph` from one ``ase.Atoms`` or a list of them (a batch).
 
@@ -293,6 +294,7 @@ def build_graph(
         max_neighbors: optional cap of k nearest neighbours per atom (Orb convention)
         device: torch device of the returned tensors
         dtype: floating dtype of positions and cell (the neighbour list itself is float64)
+        min_distance: raise ``ValueError`` if two atoms are closer than this (Å)
     Returns:
         AtomGraph
 
@@ -312,7 +314,13 @@ def build_graph(
         positions = np.asarray(atoms.positions, dtype=np.float64)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        i, j, s, _ = neighbour_list(positions, cell, pbc, cutoff, max_neighbors, backend)
+        i, j, s, d = neighbour_list(positions, cell, pbc, cutoff, max_neighbors, backend)
+        if min_distance is not None and len(d) and d.min() < min_distance:
+            k = int(np.argmin(d))
+            raise ValueError(
+                f"Atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart (below {min_distance} Å): overlapping "
+                "atoms; the structure is unphysical and the model output would be meaningless."
+            )
         n = len(atoms)
         pos_l.append(positions)
         z_l.append(np.asarray(atoms.numbers, dtype=np.int64))

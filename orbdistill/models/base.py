@@ -1,0 +1,225 @@
+"""The student base class: energies from a subclass, forces and stress from autograd here.
+
+Every student computes per-atom energies from edge vectors. This module turns them into
+the total energy, forces ``F = -dE/dx`` and stress ``sigma = (1/V) dE/d(strain)`` with one
+autograd pass over a symmetric strain applied to positions and cell (the displacement
+trick of SchNetPack/NequIP/Orb), so every student is conservative by construction and
+the physics lives in one place.
+
+Energy of atom i: ``E_i = scale * e_i + shift + ref[Z_i]`` where ``e_i`` is the model's
+raw output, ``ref`` are per-element reference energies (fitted by least squares during
+training) and ``scale``/``shift`` normalise the model output to the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from orbdistill.graph import AtomGraph, edge_vectors
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "orbdistill-student"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class StudentConfig:
+    """Fields every student has. Subclasses add their own; all are saved in checkpoints.
+
+    Attributes:
+        kind: registry name ("v1", "v2", "v2-e3nn", ...)
+        species: atomic numbers the student is trained for
+        cutoff: neighbour radius (Å)
+        max_neighbors: optional k-nearest cap per atom (Orb convention)
+    """
+
+    kind: str = "base"
+    species: List[int] = field(default_factory=lambda: [29])
+    cutoff: float = 5.0
+    max_neighbors: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StudentConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
+        return cls(**d)
+
+
+def strained(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor):
+    """Apply a zero symmetric strain that autograd can differentiate.
+
+    Returns (positions', cell', displacement) with ``displacement`` [B, 3, 3] requiring grad;
+    ``dE/d displacement`` is then the virial ``V * sigma``.
+    """
+    displacement = torch.zeros_like(cell, requires_grad=True)
+    sym = 0.5 * (displacement + displacement.transpose(-1, -2))
+    positions = positions + torch.einsum("ni,nij->nj", positions, sym[batch])
+    cell = cell + torch.bmm(cell, sym)
+    return positions, cell, displacement
+
+
+def cell_volumes(cell: torch.Tensor) -> torch.Tensor:
+    """|det(cell)| per structure [B] (0 for structures without a full cell)."""
+    return torch.linalg.det(cell).abs()
+
+
+class StudentModel(torch.nn.Module):
+    """Base class of all students.
+
+    Subclasses implement :meth:`raw_atomic_energies` and set ``config_cls``. Inputs are the
+    flat tensors of :class:`orbdistill.graph.AtomGraph`.
+    """
+
+    config_cls = StudentConfig
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        species = sorted(set(int(z) for z in config.species))
+        if not species or min(species) < 1 or max(species) > 118:
+            raise ValueError(f"species must be atomic numbers 1..118, got {config.species!r}")
+        self.register_buffer("species", torch.tensor(species, dtype=torch.long))
+        self.register_buffer("element_refs", torch.zeros(119))
+        self.register_buffer("energy_scale", torch.tensor(1.0))
+        self.register_buffer("energy_shift", torch.tensor(0.0))
+
+    # ---- the part subclasses write ------------------------------------------------------
+    def raw_atomic_energies(
+        self,
+        vectors: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        """vectors [E, 3] (Å), atomic_numbers [N], edge_index [2, E], batch [N] -> [N]"""
+        raise NotImplementedError
+
+    # ---- shared -------------------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        return float(self.config.cutoff)
+
+    @property
+    def max_neighbors(self) -> Optional[int]:
+        return self.config.max_neighbors
+
+    def atomic_energies(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch) -> torch.Tensor:
+        """Per-atom energies [N] (eV) from flat graph tensors."""
+        vectors = edge_vectors(positions, cell, edge_index, cell_shifts, batch)
+        raw = self.raw_atomic_energies(vectors, atomic_numbers, edge_index, batch, cell.shape[0])
+        e = raw * self.energy_scale + self.energy_shift + self.element_refs[atomic_numbers]
+        repulsion = getattr(self, "repulsion", None)
+        if repulsion is not None:  # physical pair term: never rescaled by the fit
+            e = e + repulsion(vectors.norm(dim=1), atomic_numbers, edge_index, batch, cell.shape[0])
+        return e
+
+    def forward(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch) -> torch.Tensor:
+        """Per-atom energies [N] (eV)."""
+        return self.atomic_energies(positions, atomic_numbers, edge_index, cell_shifts, cell, batch)
+
+    def predict(
+        self,
+        graph: AtomGraph,
+        compute_forces: bool = True,
+        compute_stress: bool = True,
+        training: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """Energy [B], per-atom energies [N], forces [N, 3] and stress [B, 3, 3] (eV/Å^3).
+
+        Stress is ``(1/V) dE/d(strain)`` (ASE sign: negative under compression); it is zero
+        for structures without a volume. ``training=True`` keeps the graph so that force
+        and stress errors can be differentiated with respect to the parameters.
+        """
+        return conservative_outputs(
+            self, graph.positions, graph.atomic_numbers, graph.edge_index, graph.cell_shifts, graph.cell,
+            graph.batch, compute_forces=compute_forces, compute_stress=compute_stress, training=training,
+        )
+
+    def num_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.parameters()))
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def checkpoint_dict(self) -> dict:
+        from orbdistill import __version__
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "orbdistill_version": __version__,
+            "kind": self.config.kind,
+            "config": self.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+    def save(self, path) -> Path:
+        """Write the model (config + weights) atomically to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(self.checkpoint_dict(), buf)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+        return path
+
+
+def conservative_outputs(
+    model: StudentModel,
+    positions: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    edge_index: torch.Tensor,
+    cell_shifts: torch.Tensor,
+    cell: torch.Tensor,
+    batch: torch.Tensor,
+    compute_forces: bool = True,
+    compute_stress: bool = True,
+    training: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Energy, forces and stress of ``model`` by one autograd pass (see module docstring).
+
+    Args:
+        positions [N, 3], atomic_numbers [N], edge_index [2, E], cell_shifts [E, 3],
+        cell [B, 3, 3], batch [N]
+    Returns:
+        dict with ``energy`` [B], ``energies`` [N], and, when asked, ``forces`` [N, 3] and
+        ``stress`` [B, 3, 3]
+    """
+    n_structures = cell.shape[0]
+    need_grad = compute_forces or compute_stress
+    with torch.enable_grad():
+        pos = positions if (positions.requires_grad or not need_grad) else positions.detach().requires_grad_(True)
+        if compute_stress:
+            pos_s, cell_s, displacement = strained(pos, cell, batch)
+        else:
+            pos_s, cell_s, displacement = pos, cell, None
+        e_atoms = model.atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
+        energy = torch.zeros(n_structures, dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
+        out = {"energy": energy, "energies": e_atoms}
+        if not need_grad:
+            return out
+        inputs = [pos] + ([displacement] if compute_stress else [])
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+    if compute_forces:
+        g = grads[0] if grads[0] is not None else torch.zeros_like(pos)
+        out["forces"] = -g
+    if compute_stress:
+        virial = grads[1] if grads[1] is not None else torch.zeros_like(cell)
+        vol = cell_volumes(cell)
+        safe = torch.where(vol > 1e-8, vol, torch.ones_like(vol))
+        out["stress"] = torch.where((vol > 1e-8).view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.zeros_like(virial))
+    return out

@@ -1,0 +1,1 @@
+"""Validation: speed, energy conservation and agreement with the teacher."""
