@@ -85,6 +85,28 @@ class StudentCalculator(Calculator):
         self.implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
         self._nl_cache = None
 
+    @classmethod
+    def from_package(cls, path, backend: str = "torch", device=None, dtype="float32", **kwargs) -> "StudentCalculator":
+        """Load a packaged student (a folder under ``calculators/``).
+
+        Args:
+            path: package folder (holds ``model.pt`` and ``card.json``)
+            backend: "torch" (eager PyTorch)
+            device, dtype, **kwargs: as for the constructor
+        """
+        from .export.package import read_card
+        from .models import load_student
+
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Student package {path!r} does not exist (expected a folder with model.pt and card.json).")
+        if backend != "torch":
+            raise ValueError(f"Backend {backend!r} is not available in this version of orbdistill; supported: 'torch'.")
+        card = read_card(path)
+        calc = cls(load_student(os.path.join(path, "model.pt")), device=device, dtype=dtype, **kwargs)
+        calc.card = card
+        return calc
+
     # ------------------------------------------------------------------------------------
     def check_species(self, atoms) -> None:
         missing = sorted(set(int(z) for z in atoms.numbers) - self.species)

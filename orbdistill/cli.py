@@ -51,6 +51,34 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from orbdistill.pipeline import run_generate
+
+    _threads(args.threads)
+    m = run_generate(args.config)
+    print(f"{m['n_frames']} frames ({m['n_rejected']} rejected) in {len(m['tasks'])} trajectories; "
+          f"complete: {m['complete']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from orbdistill.pipeline import run_train
+
+    _threads(args.threads)
+    best, trainer, _ = run_train(args.config)
+    print(f"best epoch {trainer.best_epoch}: {trainer.best_path}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from orbdistill.pipeline import distill
+
+    _threads(args.threads)
+    summary = distill(args.config)
+    print(json.dumps({k: summary[k] for k in ("package", "timing")}, indent=1))
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from orbdistill.teachers import available_teachers
 
@@ -75,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory probe")
     a.set_defaults(func=cmd_analyze)
 
+    for name, fn, text in (
+        ("generate", cmd_generate, "generate teacher-labelled data (resumes if interrupted)"),
+        ("train", cmd_train, "train a student on generated data (resumes from its checkpoint)"),
+        ("distill", cmd_distill, "generate, train, evaluate and package a student"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--config", required=True, help="distillation config (JSON or TOML)")
+        c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        c.set_defaults(func=fn)
+
     t = sub.add_parser("teachers", help="list teacher names")
     t.set_defaults(func=cmd_teachers)
     return p
@@ -86,6 +124,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"orbdistill {args.command}: interrupted; finished work is saved, run the same command to resume.",
+              file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"orbdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -124,9 +124,10 @@ def edge_vectors(
         [E, 3] edge vectors (Å)
     """
     i, j = edge_index[0], edge_index[1]
-    edge_cell = cell[batch[i]]  # [E, 3, 3]
+    # index_select rather than x[idx]: same values, much faster backward on CPU
+    edge_cell = torch.index_select(cell, 0, torch.index_select(batch, 0, i))  # [E, 3, 3]
     shift = torch.einsum("ek,ekl->el", cell_shifts.to(positions.dtype), edge_cell)
-    return positions[j] - positions[i] + shift
+    return torch.index_select(positions, 0, j) - torch.index_select(positions, 0, i) + shift
 
 
 # --------------------------------------------------------------------------------------

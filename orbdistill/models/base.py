@@ -189,8 +189,12 @@ def conservative_outputs(
     compute_forces: bool = True,
     compute_stress: bool = True,
     training: bool = False,
+    mark=None,
 ) -> Dict[str, torch.Tensor]:
     """Energy, forces and stress of ``model`` by one autograd pass (see module docstring).
+
+    ``mark``, if given, is called between the forward pass and the gradient pass (the
+    analyser uses it to time them separately).
 
     Args:
         positions [N, 3], atomic_numbers [N], edge_index [2, E], cell_shifts [E, 3],
@@ -210,6 +214,8 @@ def conservative_outputs(
         e_atoms = model.atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
         energy = torch.zeros(n_structures, dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
         out = {"energy": energy, "energies": e_atoms}
+        if mark is not None:
+            mark()
         if not need_grad:
             return out
         inputs = [pos] + ([displacement] if compute_stress else [])

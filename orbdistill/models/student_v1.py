@@ -32,6 +32,7 @@ from .layers import (
     SpeciesEmbedding,
     SphericalHarmonicsL3,
     ZBLRepulsion,
+    gather,
     polynomial_envelope,
     scatter_mean,
     scatter_sum,
@@ -97,7 +98,7 @@ class OrbInteraction(torch.nn.Module):
         """h [N, D], e [E, D], senders/receivers [E], envelope [E, 1] -> (h', e')"""
         receive_w = torch.sigmoid(self.receive_gate(e)) * envelope
         send_w = torch.sigmoid(self.send_gate(e)) * envelope
-        edge_in = torch.cat([e, h[senders], h[receivers]], dim=1)
+        edge_in = torch.cat([e, gather(h, senders), gather(h, receivers)], dim=1)
         de = self.edge_mlp(edge_in)
         n = h.shape[0]
         sent = scatter_sum(de * send_w, senders, n)

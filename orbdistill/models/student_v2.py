@@ -42,7 +42,7 @@ from typing import List, Optional
 import torch
 
 from .base import StudentConfig, StudentModel
-from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, polynomial_envelope, scatter_sum
+from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, gather, polynomial_envelope, scatter_sum
 
 
 @dataclass
@@ -98,7 +98,7 @@ class PaiNNMessage(torch.nn.Module):
         the cutoff sends exactly nothing: the energy stays smooth as atoms cross it.
         """
         n = s.shape[0]
-        x = self.phi(s)[receivers] * (self.filter(radial) * envelope)  # neighbour j -> centre i
+        x = gather(self.phi(s), receivers) * (self.filter(radial) * envelope)  # neighbour j -> centre i
         if not self.use_vectors:
             return s + scatter_sum(x, senders, n), v
         a = x[:, : self.f]
@@ -107,7 +107,7 @@ class PaiNNMessage(torch.nn.Module):
         ds = scatter_sum(a, senders, n)
         dv_edge = torch.cat([c * unit[:, 0:1], c * unit[:, 1:2], c * unit[:, 2:3]], dim=1)
         if not first:  # vector states are zero before the first message
-            dv_edge = dv_edge + b.repeat(1, 3) * v[receivers]
+            dv_edge = dv_edge + b.repeat(1, 3) * gather(v, receivers)
         dv = scatter_sum(dv_edge, senders, n)
         return s + ds, (dv if first else v + dv)
 

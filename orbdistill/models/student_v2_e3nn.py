@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from .base import StudentConfig, StudentModel
-from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, polynomial_envelope, scatter_sum
+from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, gather, polynomial_envelope, scatter_sum
 
 
 @dataclass
@@ -67,7 +67,7 @@ class E3Interaction(torch.nn.Module):
 
     def forward(self, x, sh, radial, envelope, senders, receivers):
         w = self.radial(radial) * envelope  # zero weight at the cutoff: smooth energy
-        msg = self.tp(x[receivers], sh, w)
+        msg = self.tp(gather(x, receivers), sh, w)
         agg = scatter_sum(msg, senders, x.shape[0])
         return self.self_connection(x) + self.gate(self.linear(agg))
 

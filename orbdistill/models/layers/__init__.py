@@ -5,7 +5,7 @@ from .embedding import SpeciesEmbedding
 from .mlp import MLP, NormedMLP, activation
 from .radial import BesselBasis, polynomial_envelope
 from .repulsion import ZBLRepulsion
-from .scatter import scatter_mean, scatter_sum
+from .scatter import gather, scatter_mean, scatter_sum
 
 __all__ = [
     "BesselBasis",
@@ -16,6 +16,7 @@ __all__ = [
     "NormedMLP",
     "activation",
     "scatter_sum",
+    "gather",
     "scatter_mean",
     "SpeciesEmbedding",
     "ZBLRepulsion",

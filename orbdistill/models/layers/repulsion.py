@@ -47,14 +47,15 @@ class ZBLRepulsion(torch.nn.Module):
     def forward(self, lengths, z, edge_index, batch, n_structures: int):
         s, r = edge_index[0], edge_index[1]
         offset = 1 if self.orb_compatible else 0
-        zs = (z[s] + offset).to(lengths.dtype)
-        zr = (z[r] + offset).to(lengths.dtype)
+        zs_i = torch.index_select(z, 0, s) + offset
+        zr_i = torch.index_select(z, 0, r) + offset
+        zs, zr = zs_i.to(lengths.dtype), zr_i.to(lengths.dtype)
         a = 0.4543 * 0.529 / (torch.pow(zs, 0.3) + torch.pow(zr, 0.3))
         x = lengths / a
         phi = (self.c.to(lengths.dtype) * torch.exp(-self.d.to(lengths.dtype) * x.unsqueeze(0))).sum(0)
         v = 14.3996 * zs * zr / lengths * phi
         rc = self.covalent_radii.to(lengths.dtype)
-        r_max = rc[z[s] + offset] + rc[z[r] + offset]
+        r_max = torch.index_select(rc, 0, zs_i) + torch.index_select(rc, 0, zr_i)
         pair = 0.5 * v * _envelope_p(lengths / r_max, self.p)
         n = z.shape[0]
         per_atom = torch.zeros(n, dtype=lengths.dtype, device=lengths.device).index_add(0, s, pair)
@@ -65,5 +66,5 @@ class ZBLRepulsion(torch.nn.Module):
                 0, batch, torch.ones_like(per_atom)
             )
             mean = torch.zeros(n_structures, dtype=lengths.dtype, device=lengths.device).index_add(0, batch, per_atom) / counts
-            per_atom = (mean / counts)[batch]
+            per_atom = torch.index_select(mean / counts, 0, batch)
         return per_atom

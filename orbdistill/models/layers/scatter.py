@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along dim 0, as ``index_select``: its backward is an ``index_add``,
+    several times faster on CPU than the accumulating ``index_put`` that advanced
+    indexing falls back to."""
+    return torch.index_select(x, 0, index)
+
+
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """``out[index[k]] += src[k]`` along dim 0.
 

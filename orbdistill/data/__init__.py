@@ -1,0 +1,8 @@
+"""Training data: seeds, teacher-labelled generation, datasets and splits."""
+
+from .dataset import Sample, collate, frames_to_samples, split_by_trajectory
+from .generate import GenerateConfig, generate, plan_tasks, read_frames
+from .seeds import load_seeds, supercell
+
+__all__ = ["GenerateConfig", "generate", "read_frames", "plan_tasks", "load_seeds", "supercell",
+           "Sample", "collate", "frames_to_samples", "split_by_trajectory"]

@@ -1,0 +1,111 @@
+"""Packaging a trained student into a folder users load with one call.
+
+A package folder holds ``model.pt`` (config + weights), ``card.json`` (the model card:
+teacher, species, cutoff, held-out metrics, data and training summary), ``README.md`` (the
+card in prose, with a usage example), ``config.json`` (the distillation config used) and
+the plots of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from ase.data import chemical_symbols
+
+from orbdistill.models.base import StudentModel
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
+    """Write ``model`` and its card into ``out_dir`` (created; existing files replaced)."""
+    from orbdistill import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.pt")
+    species = [int(z) for z in model.species.tolist()]
+    full = {
+        "name": out.name,
+        "species": [chemical_symbols[z] for z in species],
+        "atomic_numbers": species,
+        "cutoff": model.cutoff,
+        "max_neighbors": model.max_neighbors,
+        "student": {"kind": model.config.kind, "params": model.num_parameters(), "config": model.config.to_dict()},
+        "orbdistill_version": __version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **card,
+    }
+    _atomic_write(out / "card.json", json.dumps(full, indent=1, default=str))
+    if config is not None:
+        _atomic_write(out / "config.json", json.dumps(config, indent=1, default=str))
+    for f in files:
+        f = Path(f)
+        if f.exists():
+            shutil.copyfile(f, out / f.name)
+    _atomic_write(out / "README.md", card_markdown(full))
+    return out
+
+
+def card_markdown(card: dict) -> str:
+    m = card.get("metrics", {})
+    t = card.get("teacher", {})
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"A `{card['student']['kind']}` student ({card['student']['params']:,} parameters) distilled from "
+        f"`{t.get('name', '?')}` by orbdistill {card['orbdistill_version']}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| species | {' '.join(card['species'])} |",
+        f"| cutoff | {card['cutoff']} Å (neighbour cap: {card['max_neighbors']}) |",
+        f"| teacher | {t.get('name')} ({t.get('weights', '')}) |",
+    ]
+    if m:
+        lines += [
+            f"| held-out energy MAE | {m.get('energy_mae_mev_atom', float('nan')):.2f} meV/atom |",
+            f"| held-out force MAE | {m.get('force_mae_mev_a', float('nan')):.1f} meV/Å |",
+            f"| held-out stress MAE | {m.get('stress_mae_gpa', float('nan')):.3f} GPa |",
+            f"| held-out frames | {m.get('n_frames', '?')} (whole trajectories never seen in training) |",
+        ]
+    d = card.get("data")
+    if d:
+        lines.append(f"| training data | {d.get('n_frames')} frames ({d.get('n_train')} train, {d.get('n_val')} validation, "
+                     f"{d.get('n_test')} test); protocols {', '.join(d.get('protocols', []))} |")
+    if card.get("timing"):
+        lines.append("| wall time | " + ", ".join(f"{k} {v:.0f} s" for k, v in card["timing"].items()) + " |")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from orbdistill.calculator import StudentCalculator",
+        f'calc = StudentCalculator.from_package("calculators/{card["name"]}")',
+        "atoms.calc = calc  # energy, forces, stress, per-atom energies",
+        "```",
+        "",
+        "The student is conservative (forces and stress are derivatives of its energy). It is only",
+        "valid for the species above and for configurations like those it was trained on: check it",
+        "against the teacher on your system before production runs.",
+    ]
+    if (card.get("plots")):
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in card["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def read_card(path) -> dict:
+    path = Path(path)
+    card = path / "card.json" if path.is_dir() else path
+    if not card.exists():
+        raise FileNotFoundError(f"{path} is not a student package (no card.json).")
+    return json.loads(card.read_text())

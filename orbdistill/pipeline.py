@@ -1,0 +1,193 @@
+"""The whole job: teacher + seeds -> labelled data -> trained student -> package.
+
+A distillation config (JSON or TOML) has these sections; unknown keys are errors:
+
+.. code-block:: json
+
+    {
+      "name": "cu-sevennet-v2",
+      "teacher": {"name": "sevennet-0", "weights": null},
+      "student": {"kind": "v2", "species": null, "overrides": {"num_features": 64}},
+      "generate": {"seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32, 108], ...},
+      "train": {"epochs": 60, "batch_size": 8, ...},
+      "split": [0.8, 0.1, 0.1],
+      "work_dir": "runs/cu-sevennet-v2",
+      "package_dir": "calculators/cu-sevennet-v2",
+      "device": "cpu"
+    }
+
+Relative paths in ``generate.seeds`` are taken relative to the config file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
+from orbdistill.data.generate import GenerateConfig, generate, read_frames
+from orbdistill.training.trainer import TrainConfig, Trainer, evaluate
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = {"name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads"}
+TEACHER_KEYS = {"name", "weights", "precision"}
+STUDENT_KEYS = {"kind", "species", "overrides", "init_from_teacher"}
+
+
+def load_config(source: Union[str, os.PathLike, dict]) -> dict:
+    """Read and validate a distillation config (a dict, or a .json/.toml file)."""
+    base_dir = Path(".")
+    if isinstance(source, dict):
+        cfg = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+        base_dir = path.parent
+        text = path.read_text()
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            cfg = tomllib.loads(text)
+        else:
+            try:
+                cfg = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"Config {path} is not valid JSON: {exc}") from exc
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown config keys {unknown}; valid top-level keys: {sorted(TOP_KEYS)}")
+    for key, allowed in (("teacher", TEACHER_KEYS), ("student", STUDENT_KEYS)):
+        bad = sorted(set(cfg.get(key, {})) - allowed)
+        if bad:
+            raise ValueError(f"Unknown keys {bad} in '{key}'; valid: {sorted(allowed)}")
+    if "name" not in cfg or "teacher" not in cfg or "name" not in cfg["teacher"]:
+        raise ValueError("A config needs 'name' and 'teacher': {'name': ...}.")
+    GenerateConfig.from_dict(cfg.get("generate", {}))  # validate early
+    TrainConfig.from_dict(cfg.get("train", {}))
+    seeds = cfg.get("generate", {}).get("seeds")
+    if seeds:
+        cfg["generate"]["seeds"] = [
+            s if (str(s).startswith("bulk:") or os.path.isabs(str(s))) else str((base_dir / s).resolve()) for s in seeds
+        ]
+    cfg.setdefault("work_dir", f"runs/{cfg['name']}")
+    cfg.setdefault("package_dir", f"calculators/{cfg['name']}")
+    cfg.setdefault("split", [0.8, 0.1, 0.1])
+    cfg.setdefault("student", {"kind": "v2"})
+    return cfg
+
+
+def _teacher(cfg: dict):
+    from orbdistill.teachers import load_teacher
+
+    t = cfg["teacher"]
+    kwargs = {"precision": t["precision"]} if t.get("precision") else {}
+    return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
+
+
+def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None) -> dict:
+    cfg = load_config(cfg)
+    teacher = teacher or _teacher(cfg)
+    gcfg = GenerateConfig.from_dict(cfg.get("generate", {}))
+    return generate(gcfg, teacher, Path(cfg["work_dir"]) / "data", progress=progress, max_tasks=max_tasks)
+
+
+def _student(cfg: dict, frames, teacher=None):
+    from orbdistill.models import build_student, v1_from_orb
+
+    s = cfg.get("student", {})
+    species = s.get("species") or sorted({int(z) for f in frames for z in f.numbers})
+    kind = s.get("kind", "v2")
+    overrides = dict(s.get("overrides", {}))
+    if s.get("init_from_teacher"):
+        if kind != "v1" or teacher is None or teacher.family != "orb":
+            raise ValueError("init_from_teacher needs kind 'v1' and an Orb teacher.")
+        return v1_from_orb(teacher.model, species=species, **overrides)
+    return build_student(kind, species, **overrides)
+
+
+def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None, log_fn=print, teacher=None):
+    """Train on the generated data of ``cfg`` (resuming if a checkpoint exists).
+
+    Returns (best model, trainer, (train, val, test) samples).
+    """
+    cfg = load_config(cfg)
+    frames = read_frames(Path(cfg["work_dir"]) / "data")
+    if not frames:
+        raise ValueError(f"Empty dataset in {cfg['work_dir']}/data: generation produced no frames.")
+    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0))
+    if not val_f:
+        raise ValueError("The split left no validation trajectory: generate more trajectories or change 'split'.")
+    tcfg = TrainConfig.from_dict(cfg.get("train", {}))
+    import torch
+
+    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
+    model = _student(cfg, frames, teacher)
+    samples = [frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f, test_f)]
+    trainer = Trainer(model, samples[0], samples[1], tcfg, Path(cfg["work_dir"]) / "train", progress=progress)
+    if trainer.resume() and log_fn:
+        log_fn(f"resumed training at epoch {trainer.epoch}")
+    best = trainer.fit(max_epochs=max_epochs, log_fn=log_fn)
+    return best, trainer, samples
+
+
+def distill(source, progress: bool = True, log_fn=print) -> dict:
+    """Generate, train, evaluate on held-out trajectories and package. Returns a summary."""
+    from orbdistill.export.package import write_package
+    from orbdistill.training.plots import plot_learning_curves, plot_parity
+
+    cfg = load_config(source)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
+    work = Path(cfg["work_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config_used.json").write_text(json.dumps(cfg, indent=1))
+    timing = {}
+    t0 = time.perf_counter()
+    teacher = _teacher(cfg)
+    manifest = run_generate(cfg, teacher=teacher, progress=progress)
+    timing["generate_s"] = time.perf_counter() - t0
+    if log_fn:
+        log_fn(f"data: {manifest['n_frames']} frames ({manifest['n_rejected']} rejected) in {timing['generate_s']:.0f} s")
+    t1 = time.perf_counter()
+    best, trainer, (train_s, val_s, test_s) = run_train(cfg, progress=progress, log_fn=log_fn, teacher=teacher)
+    timing["train_s"] = time.perf_counter() - t1
+    held_out = test_s if test_s else val_s
+    tc = trainer.cfg
+    metrics = evaluate(best, held_out, dtype=tc.dtype, device=tc.device, return_predictions=True)
+    preds = metrics.pop("predictions")
+    metrics["held_out"] = "test trajectories" if test_s else "validation trajectories (no test split)"
+    plot_learning_curves(trainer.history, work / "learning_curves.png")
+    plot_parity(preds, metrics, work / "parity.png", title=f"{cfg['name']}: held-out trajectories")
+    timing["total_s"] = time.perf_counter() - t0
+    protocols = sorted({v["protocol"] for v in manifest["tasks"].values()})
+    card = {
+        "teacher": {k: v for k, v in teacher.describe().items() if k not in ("species",)},
+        "metrics": metrics,
+        "data": {"n_frames": manifest["n_frames"], "n_rejected": manifest["n_rejected"], "n_train": len(train_s),
+                 "n_val": len(val_s), "n_test": len(test_s), "protocols": protocols,
+                 "temperatures_k": manifest["config"]["nvt_temperatures_k"], "sizes": manifest["config"]["sizes"]},
+        "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch, "stats": trainer.stats},
+        "timing": {k: round(v, 1) for k, v in timing.items()},
+        "plots": ["parity.png", "learning_curves.png"],
+    }
+    pkg = write_package(best, cfg["package_dir"], card, config=cfg,
+                        files=[work / "parity.png", work / "learning_curves.png"])
+    summary = {"package": str(pkg), "metrics": metrics, "timing": card["timing"], "data": card["data"]}
+    (work / "results.json").write_text(json.dumps(summary, indent=1))
+    if log_fn:
+        log_fn(f"held-out ({metrics['held_out']}): E {metrics['energy_mae_mev_atom']:.2f} meV/atom, "
+               f"F {metrics['force_mae_mev_a']:.1f} meV/Å"
+               + (f", S {metrics['stress_mae_gpa']:.3f} GPa" if "stress_mae_gpa" in metrics else "")
+               + f"; packaged in {pkg} ({timing['total_s']:.0f} s in all)")
+    return summary

@@ -1,0 +1,354 @@
+"""Training students on teacher labels: energy per atom, forces and stress.
+
+* Loss: ``w_E MSE(E/N)/var_E + w_F MSE(F)/var_F + w_S MSE(sigma)/var_S``; the variances
+  come from the training data (after subtracting per-element reference energies), so the
+  weights are comparable numbers.
+* Per-element reference energies are fitted by least squares on the training set; the
+  model's output scale is the RMS force of the training set.
+* AdamW with linear warm-up and cosine decay, an exponential moving average (EMA) of the
+  weights (validation, the best model and the final model use the EMA), gradient
+  clipping and early stopping on the validation loss.
+* A checkpoint is written atomically after every epoch with model, EMA, optimiser,
+  scheduler and random states; the batch order of each epoch derives from the seed and
+  the epoch number, so a resumed run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from orbdistill.data.dataset import Sample, collate
+from orbdistill.models.base import StudentModel
+
+log = logging.getLogger(__name__)
+
+EV_A3_TO_GPA = 160.21766208
+
+
+@dataclass
+class TrainConfig:
+    """How to train (all fields saved in every checkpoint)."""
+
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.02
+    warmup_epochs: int = 2
+    weight_decay: float = 1e-6
+    energy_weight: float = 1.0
+    forces_weight: float = 1.0
+    stress_weight: float = 1.0
+    ema_decay: float = 0.99
+    grad_clip: float = 10.0
+    patience: int = 25
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"  # "cpu", "cuda", or "auto" (CUDA when available)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown train config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+
+def fit_element_references(samples: Sequence[Sample], species: Sequence[int]) -> np.ndarray:
+    """Least-squares per-element energies: ``E ~ sum_Z n_Z ref_Z`` -> ref [119] (eV)."""
+    species = list(species)
+    counts = np.zeros((len(samples), len(species)))
+    col = {z: k for k, z in enumerate(species)}
+    for r, s in enumerate(samples):
+        for z in s.numbers:
+            if int(z) not in col:
+                raise ValueError(f"Training data contains Z={int(z)}, which is not among the student's species {species}.")
+            counts[r, col[int(z)]] += 1
+    energies = np.array([s.energy for s in samples])
+    coef, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    refs = np.zeros(119)
+    refs[species] = coef
+    return refs
+
+
+def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, float]:
+    e = np.array([(s.energy - refs[s.numbers].sum()) / s.n_atoms for s in samples])
+    f = np.concatenate([s.forces.ravel() for s in samples])
+    st = [s.stress.ravel() for s in samples if s.stress is not None]
+    st = np.concatenate(st) if st else np.zeros(1)
+    return {
+        "energy_per_atom_std": float(max(e.std(), 1e-4)),
+        "forces_rms": float(max(np.sqrt((f**2).mean()), 1e-3)),
+        "forces_std": float(max(f.std(), 1e-3)),
+        "stress_std": float(max(st.std(), 1e-5)),
+        "n_frames": len(samples),
+        "n_atoms": int(sum(s.n_atoms for s in samples)),
+    }
+
+
+def _dtype(name):
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _batches(samples, batch_size, generator=None):
+    idx = torch.randperm(len(samples), generator=generator).tolist() if generator is not None else list(range(len(samples)))
+    return [[samples[i] for i in idx[k: k + batch_size]] for k in range(0, len(idx), batch_size)]
+
+
+def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool):
+    graph, tgt = collate(samples, dtype=_dtype(cfg.dtype), device=cfg.device)
+    want_stress = bool(tgt["has_stress"].any()) and cfg.stress_weight > 0
+    out = model.predict(graph, compute_forces=True, compute_stress=want_stress, training=training)
+    n = tgt["n_atoms"].to(out["energy"].dtype)
+    de = (out["energy"] - tgt["energy"]) / n
+    df = out["forces"] - tgt["forces"]
+    loss = cfg.energy_weight * (de**2).mean() / stats["energy_per_atom_std"] ** 2
+    loss = loss + cfg.forces_weight * (df**2).mean() / stats["forces_std"] ** 2
+    ds = None
+    if want_stress:
+        mask = tgt["has_stress"]
+        ds = (out["stress"] - tgt["stress"])[mask]
+        loss = loss + cfg.stress_weight * (ds**2).mean() / stats["stress_std"] ** 2
+    return loss, {"de": de.detach(), "df": df.detach(), "ds": None if ds is None else ds.detach(), "out": out, "tgt": tgt}
+
+
+def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 16, dtype="float32", device="cpu",
+             return_predictions: bool = False) -> dict:
+    """Errors of ``model`` on ``samples``: MAE and RMSE of energy per atom (meV/atom),
+    force components (meV/Å) and stress components (GPa)."""
+    if not samples:
+        raise ValueError("Cannot evaluate on an empty set of samples.")
+    model.eval()
+    de, df, ds = [], [], []
+    preds = {"energy_per_atom": [], "energy_per_atom_ref": [], "forces": [], "forces_ref": [], "stress": [], "stress_ref": []}
+    for chunk in _batches(list(samples), batch_size):
+        graph, tgt = collate(chunk, dtype=_dtype(dtype), device=device)
+        want_stress = bool(tgt["has_stress"].any())
+        out = model.predict(graph, compute_forces=True, compute_stress=want_stress)
+        n = tgt["n_atoms"].to(out["energy"].dtype)
+        de.append(((out["energy"] - tgt["energy"]) / n).detach().cpu().double())
+        df.append((out["forces"] - tgt["forces"]).detach().cpu().double().ravel())
+        if want_stress:
+            m = tgt["has_stress"]
+            ds.append((out["stress"] - tgt["stress"])[m].detach().cpu().double().ravel())
+        if return_predictions:
+            preds["energy_per_atom"].append((out["energy"] / n).detach().cpu().double())
+            preds["energy_per_atom_ref"].append((tgt["energy"] / n).detach().cpu().double())
+            preds["forces"].append(out["forces"].detach().cpu().double().ravel())
+            preds["forces_ref"].append(tgt["forces"].detach().cpu().double().ravel())
+            if want_stress:
+                preds["stress"].append(out["stress"][tgt["has_stress"]].detach().cpu().double().ravel())
+                preds["stress_ref"].append(tgt["stress"][tgt["has_stress"]].detach().cpu().double().ravel())
+    de, df = torch.cat(de), torch.cat(df)
+    m = {
+        "energy_mae_mev_atom": 1e3 * de.abs().mean().item(),
+        "energy_rmse_mev_atom": 1e3 * de.pow(2).mean().sqrt().item(),
+        "force_mae_mev_a": 1e3 * df.abs().mean().item(),
+        "force_rmse_mev_a": 1e3 * df.pow(2).mean().sqrt().item(),
+        "n_frames": len(samples),
+    }
+    if ds:
+        ds = torch.cat(ds)
+        m["stress_mae_gpa"] = EV_A3_TO_GPA * ds.abs().mean().item()
+        m["stress_rmse_gpa"] = EV_A3_TO_GPA * ds.pow(2).mean().sqrt().item()
+    if return_predictions:
+        m["predictions"] = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in preds.items()}
+    return m
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Train ``model`` on ``train`` samples, select on ``val`` samples, checkpoint to ``out_dir``.
+
+    Example:
+        >>> trainer = Trainer(model, train_samples, val_samples, TrainConfig(epochs=5), "runs/x")  # doctest: +SKIP
+        >>> best = trainer.fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, model: StudentModel, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, out_dir,
+                 progress: bool = True):
+        if not train:
+            raise ValueError("Empty training set: generate data first (no frames to train on).")
+        if not val:
+            raise ValueError("Empty validation set: the split left no trajectory for validation.")
+        if cfg.device == "auto":
+            cfg = dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.train, self.val = list(train), list(val)
+        self.progress = progress
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(device=cfg.device, dtype=_dtype(cfg.dtype))
+        species = model.species.tolist()
+        refs = fit_element_references(self.train, species)
+        self.stats = data_statistics(self.train, refs)
+        with torch.no_grad():
+            self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
+            self.model.energy_scale.fill_(self.stats["forces_rms"])
+            self.model.energy_shift.zero_()
+        self.ema = copy.deepcopy(self.model)
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(self.train) / cfg.batch_size)
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warm = max(1, cfg.warmup_epochs * steps_per_epoch)
+
+        def lr_lambda(step):
+            if step < warm:
+                return (step + 1) / warm
+            x = min(1.0, (step - warm) / max(1, total - warm))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda)
+        self.epoch = 0
+        self.best_val = float("inf")
+        self.best_epoch = -1
+        self.history: List[dict] = []
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "best_val": self.best_val,
+            "best_epoch": self.best_epoch, "history": self.history, "stats": self.stats,
+            "train_config": dataclasses.asdict(self.cfg), "model_config": self.model.config.to_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def resume(self, path=None) -> bool:
+        """Load the last checkpoint if there is one; True if training was resumed."""
+        path = Path(path) if path else self.checkpoint_path
+        if not path.exists():
+            return False
+        try:
+            st = torch.load(path, map_location=self.cfg.device, weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"Cannot read training checkpoint {path}: corrupt ({exc}). Delete it to start over.") from exc
+        if st.get("model_config") != self.model.config.to_dict():
+            raise ValueError(f"Checkpoint {path} belongs to a different model configuration; use another output folder.")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.epoch, self.best_val, self.best_epoch = st["epoch"], st["best_val"], st["best_epoch"]
+        self.history, self.stats = st["history"], st["stats"]
+        torch.set_rng_state(st["rng"]["torch"])
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+        return True
+
+    # ---- training ------------------------------------------------------------------------
+    def _update_ema(self):
+        # warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): early on the
+        # average must not remember the random initial weights
+        n = self.sched.last_epoch  # optimiser steps taken so far
+        d = min(self.cfg.ema_decay, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                be.copy_(bm)
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
+        batches = _batches(self.train, self.cfg.batch_size, gen)
+        total = 0.0
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False, disable=not self.progress)
+        for chunk in bar:
+            loss, _ = compute_loss(self.model, chunk, self.cfg, self.stats, training=True)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self._update_ema()
+            total += float(loss.detach()) * len(chunk)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        return total / len(self.train)
+
+    def validation_loss(self, metrics: dict) -> float:
+        e = metrics["energy_rmse_mev_atom"] / 1e3 / self.stats["energy_per_atom_std"]
+        f = metrics["force_rmse_mev_a"] / 1e3 / self.stats["forces_std"]
+        v = self.cfg.energy_weight * e**2 + self.cfg.forces_weight * f**2
+        if "stress_rmse_gpa" in metrics:
+            v += self.cfg.stress_weight * (metrics["stress_rmse_gpa"] / EV_A3_TO_GPA / self.stats["stress_std"]) ** 2
+        return float(v)
+
+    def fit(self, max_epochs: Optional[int] = None, log_fn=print) -> StudentModel:
+        """Train until ``cfg.epochs`` (or early stopping); returns the best EMA model.
+
+        ``max_epochs`` stops after that many epochs of this call (used to test resuming).
+        """
+        ran = 0
+        while self.epoch < self.cfg.epochs:
+            if max_epochs is not None and ran >= max_epochs:
+                break
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch()
+            metrics = evaluate(self.ema, self.val, dtype=self.cfg.dtype, device=self.cfg.device)
+            val_loss = self.validation_loss(metrics)
+            self.epoch += 1
+            ran += 1
+            row = {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": self.sched.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0, **metrics}
+            self.history.append(row)
+            improved = val_loss < self.best_val
+            if improved:
+                self.best_val, self.best_epoch = val_loss, self.epoch
+                self.ema.save(self.best_path)
+            line = (f"epoch {self.epoch:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  val: E {metrics['energy_mae_mev_atom']:.2f} meV/atom"
+                    f"  F {metrics['force_mae_mev_a']:.1f} meV/Å")
+            if "stress_mae_gpa" in metrics:
+                line += f"  S {metrics['stress_mae_gpa']:.3f} GPa"
+            line += f"  lr {row['lr']:.2e}  {row['seconds']:.1f} s" + ("  *" if improved else "")
+            if log_fn:
+                log_fn(line)
+            _atomic_torch_save(self.state(), self.checkpoint_path)
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            if self.epoch - self.best_epoch >= self.cfg.patience:
+                if log_fn:
+                    log_fn(f"early stopping: no improvement for {self.cfg.patience} epochs (best epoch {self.best_epoch})")
+                break
+        return self.best_model()
+
+    def best_model(self) -> StudentModel:
+        from orbdistill.models import load_student
+
+        if self.best_path.exists():
+            return load_student(self.best_path)
+        return self.ema

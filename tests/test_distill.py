@@ -1,0 +1,167 @@
+"""The distillation workflow end to end (EMT teacher, small cells), resuming and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from orbdistill.calculator import StudentCalculator
+from orbdistill.data import GenerateConfig, generate, read_frames, split_by_trajectory
+from orbdistill.pipeline import distill, load_config, run_generate, run_train
+from orbdistill.teachers import load_teacher
+
+
+def small_config(tmp_path, **over):
+    cfg = {
+        "name": "cu-emt-test",
+        "teacher": {"name": "emt"},
+        "student": {"kind": "v2", "overrides": {"num_features": 32, "num_vector_features": 8, "num_layers": 2, "cutoff": 4.5}},
+        "generate": {
+            "seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32], "timestep_fs": 4.0,
+            "nvt_temperatures_k": [300.0, 700.0, 1000.0], "nvt_trajectories_per_temperature": 2,
+            "nvt_equilibration_steps": 10, "nvt_interval_steps": 3, "nvt_frames": 12,
+            "strain_frames": 36, "strain_frames_per_task": 12, "rattle_relax_frames": 24,
+            "rattle_relax_per_task": 3, "rattle_relax_steps": 3,
+        },
+        "train": {"epochs": 20, "batch_size": 8, "lr": 4e-3, "warmup_epochs": 1, "patience": 50},
+        "split": [0.7, 0.15, 0.15],
+        "work_dir": str(tmp_path / "run"),
+        "package_dir": str(tmp_path / "calculators" / "cu-emt-test"),
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_end_to_end_distillation_learns_the_teacher(tmp_path):
+    cfg = small_config(tmp_path)
+    summary = distill(cfg, progress=False, log_fn=None)
+    pkg = tmp_path / "calculators" / "cu-emt-test"
+    card = json.loads((pkg / "card.json").read_text())
+    for key in ("teacher", "species", "cutoff", "metrics"):
+        assert key in card
+    for key in ("force_mae_mev_a", "energy_mae_mev_atom", "stress_mae_gpa"):
+        assert card["metrics"][key] >= 0
+    assert card["species"] == ["Cu"] and card["teacher"]["name"] == "emt"
+    assert (pkg / "README.md").exists() and (pkg / "model.pt").exists() and (pkg / "parity.png").exists()
+    assert json.loads((tmp_path / "run" / "config_used.json").read_text())["name"] == "cu-emt-test"
+    # held-out force error far below the spread of the forces
+    frames = read_frames(tmp_path / "run" / "data")
+    _, _, test = split_by_trajectory(frames, (0.7, 0.15, 0.15), seed=0)
+    f_std = np.concatenate([a.get_forces().ravel() for a in test]).std()
+    assert summary["metrics"]["force_mae_mev_a"] / 1e3 < 0.2 * f_std
+    # the package is a working ASE calculator that agrees with the teacher on a new frame
+    calc = StudentCalculator.from_package(pkg)
+    atoms = test[0].copy()
+    ref_forces = test[0].get_forces()
+    atoms.calc = calc
+    assert np.abs(atoms.get_forces() - ref_forces).mean() < 0.3 * f_std
+
+
+def test_interrupted_generation_resumes_without_losing_or_duplicating_frames(tmp_path):
+    teacher = load_teacher("emt")
+    gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[300.0, 900.0], nvt_frames=5,
+                          nvt_equilibration_steps=3, strain_frames=8, strain_frames_per_task=4)
+    full = generate(gcfg, teacher, tmp_path / "full", progress=False)
+    part = generate(gcfg, teacher, tmp_path / "part", progress=False, max_tasks=2)
+    assert not part["complete"] and len(part["tasks"]) == 2
+    (tmp_path / "part" / "chunks" / "strain-0003.extxyz.tmp").write_text("half-written")  # a crash mid-write
+    resumed = generate(gcfg, teacher, tmp_path / "part", progress=False)
+    assert resumed["complete"] and resumed["n_frames"] == full["n_frames"]
+    a, b = read_frames(tmp_path / "full"), read_frames(tmp_path / "part")
+    assert len(a) == len(b) == full["n_frames"]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.positions, y.positions)
+        assert x.get_potential_energy() == pytest.approx(y.get_potential_energy())
+    assert not list((tmp_path / "part" / "chunks").glob("*.tmp"))
+    # a second complete run does nothing
+    again = generate(gcfg, teacher, tmp_path / "part", progress=False)
+    assert again["n_frames"] == full["n_frames"]
+
+
+def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
+    teacher = load_teacher("emt")
+    gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[500.0], nvt_frames=3,
+                          nvt_equilibration_steps=2, npt_pressures_gpa=[0.0, 2.0], npt_frames=3, strain_frames=3,
+                          rattle_relax_frames=4, rattle_relax_per_task=1, relax_trajectories=1, relax_max_steps=5)
+    m = generate(gcfg, teacher, tmp_path / "d", progress=False)
+    frames = read_frames(tmp_path / "d")
+    protos = {f.info["protocol"] for f in frames}
+    assert protos == {"nvt", "npt", "strain", "rattle_relax", "relax"}
+    for f in frames:
+        assert f.info["teacher"] == "emt" and "traj_id" in f.info and "rng_seed" in f.info
+        assert f.get_stress().shape == (6,)
+    assert m["teacher"]["name"] == "emt"
+
+
+def test_split_keeps_trajectories_whole(tmp_path):
+    teacher = load_teacher("emt")
+    gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[300.0, 500.0, 700.0, 900.0],
+                          nvt_frames=3, nvt_equilibration_steps=2, strain_frames=12, strain_frames_per_task=3)
+    generate(gcfg, teacher, tmp_path / "d", progress=False)
+    tr, va, te = split_by_trajectory(read_frames(tmp_path / "d"), (0.5, 0.25, 0.25))
+    ids = [{f.info["traj_id"] for f in s} for s in (tr, va, te)]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+
+
+def test_training_resumes_exactly_from_its_checkpoint(tmp_path):
+    cfg = small_config(tmp_path, train={"epochs": 2, "batch_size": 8, "warmup_epochs": 1, "dtype": "float64"})
+    cfg["generate"].update(nvt_frames=4, strain_frames=12, rattle_relax_frames=8)
+    run_generate(cfg, progress=False)
+    straight, _, _ = run_train(dict(cfg, work_dir=cfg["work_dir"]), progress=False, log_fn=None)
+    # same data, fresh training folder: stop after one epoch, then resume
+    import shutil
+
+    other = tmp_path / "run2"
+    shutil.copytree(tmp_path / "run" / "data", other / "data")
+    cfg2 = dict(cfg, work_dir=str(other))
+    _, t1, _ = run_train(cfg2, progress=False, max_epochs=1, log_fn=None)
+    assert t1.epoch == 1
+    resumed, t2, _ = run_train(cfg2, progress=False, log_fn=None)
+    assert t2.epoch == 2
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=k)
+
+
+def test_unreadable_seed_file_is_named(tmp_path):
+    bad = tmp_path / "broken.cif"
+    bad.write_text("this is not a CIF")
+    cfg = small_config(tmp_path)
+    cfg["generate"]["seeds"] = [str(bad)]
+    with pytest.raises(ValueError, match="broken.cif"):
+        run_generate(cfg, progress=False)
+    cfg["generate"]["seeds"] = [str(tmp_path / "missing.vasp")]
+    with pytest.raises(FileNotFoundError, match="missing.vasp"):
+        run_generate(cfg, progress=False)
+
+
+def test_teacher_not_covering_a_seed_element_is_named(tmp_path):
+    cfg = small_config(tmp_path)
+    cfg["generate"]["seeds"] = ["bulk:Fe:bcc:2.87"]
+    with pytest.raises(ValueError, match=r"Fe \(Z=26\)"):
+        run_generate(cfg, progress=False)
+
+
+def test_empty_dataset_is_reported(tmp_path):
+    cfg = small_config(tmp_path)
+    cfg["generate"].update(nvt_temperatures_k=[], strain_frames=0, rattle_relax_frames=0)
+    with pytest.raises(ValueError, match="no task"):
+        run_generate(cfg, progress=False)
+    cfg = small_config(tmp_path)
+    cfg["generate"].update(nvt_temperatures_k=[], rattle_relax_frames=0, strain_frames=4, reject_fmax=1e-9)
+    run_generate(cfg, progress=False)  # every frame rejected
+    with pytest.raises(ValueError, match="[Ee]mpty dataset"):
+        run_train(cfg, progress=False)
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match="epochz"):
+        load_config(small_config(tmp_path, train={"epochz": 3}))
+    with pytest.raises(ValueError, match="teachr"):
+        load_config(dict(small_config(tmp_path), teachr={}))
+    with pytest.raises(ValueError, match="nvt_temps"):
+        load_config(small_config(tmp_path, generate={"nvt_temps": [1]}))
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config(path)
