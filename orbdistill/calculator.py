@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Optional, Union
@@ -36,6 +37,110 @@ def _resolve_dtype(dtype) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return _DTYPES[dtype]
+
+
+class TorchEngine:
+    """Eager PyTorch: the student model itself."""
+
+    name = "torch"
+
+    def __init__(self, model, device, dtype):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.species = [int(z) for z in self.model.species.tolist()]
+        self.cutoff = self.model.cutoff
+        self.max_neighbors = self.model.max_neighbors
+
+    def __call__(self, graph, compute_stress: bool) -> dict:
+        out = self.model.predict(graph, compute_forces=True, compute_stress=compute_stress)
+        return {k: v.detach() for k, v in out.items()}
+
+
+class _ExportedEngine:
+    def _meta(self, meta: dict):
+        self.species = [int(z) for z in json.loads(meta["species"])]
+        self.cutoff = float(meta["cutoff"])
+        self.max_neighbors = json.loads(meta.get("max_neighbors", "null"))
+
+
+class TorchScriptEngine(_ExportedEngine):
+    """A TorchScript file with forces and stress inside its graph."""
+
+    name = "torchscript"
+
+    def __init__(self, path, device, dtype):
+        from .export.traced import read_torchscript_metadata
+
+        meta = read_torchscript_metadata(path)
+        if meta.get("dtype") != str(dtype).replace("torch.", ""):
+            raise ValueError(f"{path} was exported in {meta.get('dtype')}, not {dtype}.")
+        self.module = torch.jit.load(str(path), map_location=device)
+        self._meta(meta)
+
+    def __call__(self, graph, compute_stress: bool) -> dict:
+        e, f, s, ea = self.module(graph.positions, graph.atomic_numbers, graph.edge_index, graph.cell_shifts,
+                                  graph.cell, graph.batch)
+        return {"energy": e, "forces": f, "stress": s, "energies": ea}
+
+
+class OnnxEngine(_ExportedEngine):
+    """An ONNX file run by onnxruntime (no model code involved)."""
+
+    name = "onnx"
+
+    def __init__(self, path, device, dtype, num_threads=None):
+        from .export.traced import OnnxRunner
+
+        self.runner = OnnxRunner(path, device=str(device), num_threads=num_threads or 0)
+        meta = self.runner.metadata
+        if meta.get("dtype") != str(dtype).replace("torch.", ""):
+            raise ValueError(f"{path} was exported in {meta.get('dtype')}, not {dtype}.")
+        self._meta(meta)
+
+    def __call__(self, graph, compute_stress: bool) -> dict:
+        feeds = {
+            "positions": graph.positions.cpu().numpy(), "atomic_numbers": graph.atomic_numbers.cpu().numpy(),
+            "edge_index": graph.edge_index.cpu().numpy(), "cell_shifts": graph.cell_shifts.cpu().numpy(),
+            "cell": graph.cell.cpu().numpy(), "batch": graph.batch.cpu().numpy(),
+        }
+        return {k: torch.from_numpy(v) for k, v in self.runner(feeds).items()}
+
+
+class CompileEngine(_ExportedEngine):
+    """``torch.compile`` (Inductor) of the traced, autograd-free energy-and-gradient graph.
+
+    The graph is traced with symbolic numbers of atoms, edges and structures and compiled
+    with ``dynamic=True``, so a new edge count in the next MD step reuses the compiled code
+    instead of recompiling. The first call compiles (tens of seconds on CPU)."""
+
+    name = "compile"
+
+    def __init__(self, model, device, dtype):
+        from .export.traced import trace_student
+
+        model = model.to(device=device, dtype=dtype).eval()
+        self.species = [int(z) for z in model.species.tolist()]
+        self.cutoff = model.cutoff
+        self.max_neighbors = model.max_neighbors
+        gm = trace_student(model, dtype).to(device)
+        try:
+            self.fn = torch.compile(gm, dynamic=True)
+        except Exception as exc:  # pragma: no cover - depends on the platform
+            raise RuntimeError(f"torch.compile is not available here ({exc}); use backend='torch' or 'onnx'.") from exc
+
+    def __call__(self, graph, compute_stress: bool) -> dict:
+        e, f, s, ea = self.fn(graph.positions, graph.atomic_numbers, graph.edge_index, graph.cell_shifts,
+                              graph.cell, graph.batch)
+        return {"energy": e, "forces": f, "stress": s, "energies": ea}
+
+
+BACKENDS = ("torch", "compile", "torchscript", "onnx")
+
+
+def exported_file(package, backend: str, dtype: torch.dtype) -> str:
+    suffix = {"torchscript": "torchscript", "onnx": "onnx"}[backend]
+    return os.path.join(os.fspath(package), f"model_{str(dtype).replace('torch.', '')}.{suffix}")
 
 
 class StudentCalculator(Calculator):
@@ -68,20 +173,25 @@ class StudentCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(model, (str, os.PathLike)):
-            from .models import load_student
-
-            model = load_student(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = _resolve_dtype(dtype)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.species = set(int(z) for z in self.model.species.tolist())
+        if isinstance(model, (TorchEngine, _ExportedEngine)):
+            self.engine = model
+        else:
+            if isinstance(model, (str, os.PathLike)):
+                from .models import load_student
+
+                model = load_student(model)
+            self.engine = TorchEngine(model, self.device, self.dtype)
+        self.model = getattr(self.engine, "model", None)
+        self.backend = self.engine.name
+        self.species = set(self.engine.species)
+        self.cutoff = self.engine.cutoff
+        self.max_neighbors = self.engine.max_neighbors
         self.min_distance = min_distance
-        self.skin = float(skin) if model.max_neighbors is None else 0.0
+        self.skin = float(skin) if self.max_neighbors is None else 0.0
         self.implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
         self._nl_cache = None
 
@@ -91,7 +201,9 @@ class StudentCalculator(Calculator):
 
         Args:
             path: package folder (holds ``model.pt`` and ``card.json``)
-            backend: "torch" (eager PyTorch)
+            backend: "torch" (eager PyTorch), "compile" (torch.compile of the traced graph,
+                dynamic shapes), "torchscript" or "onnx" (exported files in the package, see
+                ``orbdistill export``; forces and stress inside the graph)
             device, dtype, **kwargs: as for the constructor
         """
         from .export.package import read_card
@@ -100,10 +212,27 @@ class StudentCalculator(Calculator):
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Student package {path!r} does not exist (expected a folder with model.pt and card.json).")
-        if backend != "torch":
-            raise ValueError(f"Backend {backend!r} is not available in this version of orbdistill; supported: 'torch'.")
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
         card = read_card(path)
-        calc = cls(load_student(os.path.join(path, "model.pt")), device=device, dtype=dtype, **kwargs)
+        dt = _resolve_dtype(dtype)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if backend == "torch":
+            engine = TorchEngine(load_student(os.path.join(path, "model.pt")), dev, dt)
+        elif backend == "compile":
+            engine = CompileEngine(load_student(os.path.join(path, "model.pt")), dev, dt)
+        else:
+            f = exported_file(path, backend, dt)
+            if not os.path.exists(f):
+                raise FileNotFoundError(
+                    f"{f} does not exist: export it first with `orbdistill export {path} --format {backend} "
+                    f"--dtype {str(dt).replace('torch.', '')}`."
+                )
+            if backend == "torchscript":
+                engine = TorchScriptEngine(f, dev, dt)
+            else:
+                engine = OnnxEngine(f, dev, dt, num_threads=kwargs.get("num_threads"))
+        calc = cls(engine, device=dev, dtype=dt, **kwargs)
         calc.card = card
         return calc
 
@@ -116,7 +245,7 @@ class StudentCalculator(Calculator):
             raise ValueError(f"This student was not trained on {names}; it covers: {trained}.")
 
     def _graph(self, atoms):
-        cutoff = self.model.cutoff
+        cutoff = self.cutoff
         if self.skin > 0:
             cache = self._nl_cache
             if (
@@ -144,7 +273,7 @@ class StudentCalculator(Calculator):
             self._nl_cache = {"numbers": atoms.numbers.copy(), "pbc": atoms.pbc.copy(), "cell": atoms.cell.array.copy(),
                               "positions": atoms.positions.copy(), "graph": g}
             return g
-        return build_graph(atoms, cutoff, self.model.max_neighbors, device=self.device, dtype=self.dtype,
+        return build_graph(atoms, cutoff, self.max_neighbors, device=self.device, dtype=self.dtype,
                            min_distance=self.min_distance)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
@@ -159,7 +288,7 @@ class StudentCalculator(Calculator):
                 "energy and forces are available."
             )
         graph = self._graph(atoms)
-        out = self.model.predict(graph, compute_forces=True, compute_stress=has_volume)
+        out = self.engine(graph, compute_stress=has_volume)
         energy = float(out["energy"][0].detach().cpu())
         forces = out["forces"].detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(energy) or not np.isfinite(forces).all():

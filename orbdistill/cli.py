@@ -79,6 +79,15 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from orbdistill.export import export_package
+
+    _threads(args.threads)
+    formats = ("torchscript", "onnx") if args.format == "all" else (args.format,)
+    export_package(args.package, formats=formats, dtypes=tuple(args.dtype))
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from orbdistill.teachers import available_teachers
 
@@ -112,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--config", required=True, help="distillation config (JSON or TOML)")
         c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         c.set_defaults(func=fn)
+
+    x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX (forces and stress inside)")
+    x.add_argument("package", help="package folder, e.g. calculators/cu-sevennet-v2")
+    x.add_argument("--format", choices=["torchscript", "onnx", "all"], default="all")
+    x.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    x.add_argument("--threads", type=int, default=None)
+    x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("teachers", help="list teacher names")
     t.set_defaults(func=cmd_teachers)

@@ -24,12 +24,14 @@ def shrink(cfg, tmp_path, **train):
     return cfg
 
 
-def test_sevennet_recipe_is_valid_and_runs(tmp_path):
-    cfg = load_config(WF / "distill_cu_sevennet.json")
+@pytest.mark.parametrize("recipe", ["distill_cu_sevennet.json", "quickstart_cu_sevennet.json",
+                                    "distill_cu_sevennet_v1_reduced.json"])
+def test_sevennet_recipe_is_valid_and_runs(tmp_path, recipe):
+    cfg = load_config(WF / recipe)
     assert cfg["teacher"]["name"] == "sevennet-0" and Path(cfg["generate"]["seeds"][0]).exists()
     summary = distill(shrink(cfg, tmp_path), progress=False, log_fn=None)
     card = json.loads((tmp_path / "pkg" / "card.json").read_text())
-    assert card["teacher"]["name"] == "sevennet-0" and card["student"]["kind"] == "v2"
+    assert card["teacher"]["name"] == "sevennet-0" and card["student"]["kind"] == cfg["student"]["kind"]
     assert summary["data"]["n_frames"] == 2 * 3 + 4
 
 

@@ -89,11 +89,9 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerateConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown generate config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+        from orbdistill.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "generate config")
 
 
 # --------------------------------------------------------------------------------------

@@ -103,6 +103,44 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "float64"), progress=True) -> dict:
+    """Export a package's student to TorchScript and/or ONNX files inside the package.
+
+    Files are named ``model_<dtype>.<format>``; ``card.json`` lists them under ``exports``.
+    Returns {filename: seconds taken}.
+    """
+    import time as _time
+
+    import torch
+
+    from orbdistill.calculator import exported_file
+    from orbdistill.models import load_student
+
+    from .traced import export_onnx, export_torchscript
+
+    path = Path(path)
+    card = read_card(path)
+    bad = [f for f in formats if f not in ("torchscript", "onnx")]
+    if bad:
+        raise ValueError(f"Unknown export format(s) {bad}; choose torchscript, onnx or all.")
+    written = {}
+    for dt_name in dtypes:
+        dt = {"float32": torch.float32, "float64": torch.float64}.get(dt_name)
+        if dt is None:
+            raise ValueError(f"dtype must be float32 or float64, got {dt_name!r}")
+        for fmt in formats:
+            model = load_student(path / "model.pt")
+            target = exported_file(path, fmt, dt)
+            t0 = _time.perf_counter()
+            (export_onnx if fmt == "onnx" else export_torchscript)(model, target, dtype=dt)
+            written[Path(target).name] = round(_time.perf_counter() - t0, 1)
+            if progress:
+                print(f"wrote {target} ({written[Path(target).name]} s)")
+    card.setdefault("exports", {}).update(written)
+    _atomic_write(path / "card.json", json.dumps(card, indent=1, default=str))
+    return written
+
+
 def read_card(path) -> dict:
     path = Path(path)
     card = path / "card.json" if path.is_dir() else path

@@ -52,11 +52,9 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StudentConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
-        return cls(**d)
+        from orbdistill.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, f"{cls.__name__} field")
 
 
 def strained(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor):
@@ -73,8 +71,11 @@ def strained(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor):
 
 
 def cell_volumes(cell: torch.Tensor) -> torch.Tensor:
-    """|det(cell)| per structure [B] (0 for structures without a full cell)."""
-    return torch.linalg.det(cell).abs()
+    """|a . (b x c)| per structure [B] (0 for structures without a full cell).
+
+    A triple product rather than ``torch.linalg.det``: same value, and it exports to ONNX.
+    """
+    return (cell[:, 0] * torch.cross(cell[:, 1], cell[:, 2], dim=-1)).sum(-1).abs()
 
 
 class StudentModel(torch.nn.Module):

@@ -31,7 +31,7 @@ from .layers import (
     NormedMLP,
     SpeciesEmbedding,
     SphericalHarmonicsL3,
-    ZBLRepulsion,
+    build_repulsion,
     gather,
     polynomial_envelope,
     scatter_mean,
@@ -117,8 +117,6 @@ class OrbStudentV1(StudentModel):
         c = config
         if c.readout not in ("per_atom", "mean_pool"):
             raise ValueError(f"readout must be 'per_atom' or 'mean_pool', got {c.readout!r}")
-        if c.pair_repulsion not in ("physical", "orb", "none"):
-            raise ValueError(f"pair_repulsion must be 'physical', 'orb' or 'none', got {c.pair_repulsion!r}")
         if not c.step_hidden:
             raise ValueError("step_hidden needs one width per interaction step (at least one)")
         self.embedding = SpeciesEmbedding(c.latent_dim)
@@ -141,7 +139,7 @@ class OrbStudentV1(StudentModel):
         # Orb's energy normaliser: head output * std + mean (per atom)
         self.register_buffer("head_mean", torch.tensor(0.0))
         self.register_buffer("head_std", torch.tensor(1.0))
-        self.repulsion = None if c.pair_repulsion == "none" else ZBLRepulsion(orb_compatible=c.pair_repulsion == "orb")
+        self.repulsion = build_repulsion(c.pair_repulsion)
 
     def node_states(self, vectors, atomic_numbers, edge_index):
         """Final node states [N, latent] (also used for feature distillation)."""

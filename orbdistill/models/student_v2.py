@@ -42,7 +42,7 @@ from typing import List, Optional
 import torch
 
 from .base import StudentConfig, StudentModel
-from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, gather, polynomial_envelope, scatter_sum
+from .layers import MLP, BesselBasis, SpeciesEmbedding, build_repulsion, gather, polynomial_envelope, scatter_sum
 
 
 @dataclass
@@ -150,8 +150,6 @@ class FastStudentV2(StudentModel):
     def __init__(self, config: V2Config):
         super().__init__(config)
         c = config
-        if c.pair_repulsion not in ("physical", "none"):
-            raise ValueError(f"pair_repulsion must be 'physical' or 'none', got {c.pair_repulsion!r}")
         f = c.num_features
         self.embedding = SpeciesEmbedding(f)
         self.radial = BesselBasis(c.cutoff, c.num_radial)
@@ -164,7 +162,7 @@ class FastStudentV2(StudentModel):
             for _ in range(c.num_layers)
         )
         self.readout = MLP(f, [c.readout_hidden], 1, c.activation)
-        self.repulsion = ZBLRepulsion() if c.pair_repulsion == "physical" else None
+        self.repulsion = build_repulsion(c.pair_repulsion, ("physical", "none"))
 
     def node_states(self, vectors, atomic_numbers, edge_index):
         """Scalar states [N, F] and vector states [N, 3 Fv] (x channels, then y, then z;

@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from .base import StudentConfig, StudentModel
-from .layers import MLP, BesselBasis, SpeciesEmbedding, ZBLRepulsion, gather, polynomial_envelope, scatter_sum
+from .layers import MLP, BesselBasis, SpeciesEmbedding, build_repulsion, gather, polynomial_envelope, scatter_sum
 
 
 @dataclass
@@ -92,7 +92,7 @@ class E3nnStudentV2(StudentModel):
         self.interactions = torch.nn.ModuleList(layers)
         self.f = f
         self.readout = MLP(f, [c.readout_hidden], 1, "silu")
-        self.repulsion = ZBLRepulsion() if c.pair_repulsion == "physical" else None
+        self.repulsion = build_repulsion(c.pair_repulsion, ("physical", "none"))
 
     def node_features(self, vectors, atomic_numbers, edge_index):
         """Irreps features [N, F + 3F]: F scalars then F vectors (x, y, z interleaved per channel)."""

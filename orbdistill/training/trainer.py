@@ -62,11 +62,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown train config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+        from orbdistill.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "train config")
 
 
 def fit_element_references(samples: Sequence[Sample], species: Sequence[int]) -> np.ndarray:

@@ -4,7 +4,7 @@ from .angular import SphericalHarmonicsL3, spherical_harmonics
 from .embedding import SpeciesEmbedding
 from .mlp import MLP, NormedMLP, activation
 from .radial import BesselBasis, polynomial_envelope
-from .repulsion import ZBLRepulsion
+from .repulsion import ZBLRepulsion, build_repulsion
 from .scatter import gather, scatter_mean, scatter_sum
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "scatter_mean",
     "SpeciesEmbedding",
     "ZBLRepulsion",
+    "build_repulsion",
 ]

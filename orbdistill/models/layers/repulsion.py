@@ -30,6 +30,14 @@ def _envelope_p(x: torch.Tensor, p: float) -> torch.Tensor:
     ) * (x < 1.0).to(x.dtype)
 
 
+def build_repulsion(kind: str, allowed=("physical", "orb", "none")):
+    """The pair term a config asks for: ``"physical"``, ``"orb"`` (orb-models' exact form)
+    or ``"none"`` (returns None)."""
+    if kind not in allowed:
+        raise ValueError(f"pair_repulsion must be one of {allowed}, got {kind!r}")
+    return None if kind == "none" else ZBLRepulsion(orb_compatible=kind == "orb")
+
+
 class ZBLRepulsion(torch.nn.Module):
     """Per-atom ZBL energies.
 

@@ -1,0 +1,226 @@
+"""Export students with forces and stress inside the exported graph.
+
+Exported graphs cannot call ``torch.autograd.grad``. Instead, the joint computation
+"energy and its gradient with respect to positions and strain" is traced into plain ATen
+operations: ``torch.func.grad`` differentiates the energy (parameters are explicit inputs
+of the traced function) and ``make_fx(tracing_mode="symbolic")`` records the forward and
+backward operations with symbolic numbers of atoms, edges and structures. The traced
+graph then goes to ONNX (``torch.onnx.export(dynamo=True)``, run by onnxruntime) or to
+TorchScript (``torch.jit.script`` of the traced graph).
+
+Inputs of every exported model (the graph contract; the neighbour list stays outside):
+
+==================  =============  ==========
+name                shape          dtype
+==================  =============  ==========
+``positions``       [N, 3]         float
+``atomic_numbers``  [N]            int64
+``edge_index``      [2, E]         int64
+``cell_shifts``     [E, 3]         int64
+``cell``            [B, 3, 3]      float
+``batch``           [N]            int64
+==================  =============  ==========
+
+Outputs: ``energy`` [B] (eV), ``forces`` [N, 3] (eV/Å), ``stress`` [B, 3, 3] (eV/Å^3, ASE
+sign, zero without a volume), ``energies`` [N] (eV).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+
+from orbdistill.models.base import StudentModel, cell_volumes
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ["positions", "atomic_numbers", "edge_index", "cell_shifts", "cell", "batch"]
+OUTPUT_NAMES = ["energy", "forces", "stress", "energies"]
+
+
+def _energy_and_gradients(model: StudentModel):
+    """f(params, buffers, *graph tensors) -> (energy, forces, stress, energies), autograd-free
+    once traced."""
+
+    def energy_fn(params, buffers, positions, displacement, atomic_numbers, edge_index, cell_shifts, cell, batch):
+        sym = 0.5 * (displacement + displacement.transpose(-1, -2))
+        pos = positions + torch.einsum("ni,nij->nj", positions, torch.index_select(sym, 0, batch))
+        c = cell + torch.bmm(cell, sym)
+        e = torch.func.functional_call(model, (params, buffers), (pos, atomic_numbers, edge_index, cell_shifts, c, batch))
+        return e.sum(), e
+
+    grad_fn = torch.func.grad(energy_fn, argnums=(2, 3), has_aux=True)
+
+    def full(params, buffers, positions, atomic_numbers, edge_index, cell_shifts, cell, batch):
+        displacement = torch.zeros_like(cell)
+        (g_pos, g_disp), e_atoms = grad_fn(params, buffers, positions, displacement, atomic_numbers, edge_index,
+                                           cell_shifts, cell, batch)
+        energy = torch.zeros(cell.shape[0], dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
+        vol = cell_volumes(cell)
+        has_volume = vol > 1e-8
+        safe = torch.where(has_volume, vol, torch.ones_like(vol))
+        stress = torch.where(has_volume.view(-1, 1, 1), g_disp / safe.view(-1, 1, 1), torch.zeros_like(g_disp))
+        return energy, -g_pos, stress, e_atoms
+
+    return full
+
+
+def example_inputs(model: StudentModel, dtype=torch.float32) -> Tuple[torch.Tensor, ...]:
+    """A small periodic structure of the model's first species, as graph tensors."""
+    from ase.build import bulk
+
+    from orbdistill.graph import build_graph
+
+    z = int(model.species[0])
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    atoms.numbers[:] = z
+    atoms.rattle(0.05, seed=0)
+    g = build_graph(atoms, model.cutoff, model.max_neighbors, dtype=dtype)
+    return (g.positions, g.atomic_numbers, g.edge_index, g.cell_shifts, g.cell, g.batch)
+
+
+def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphModule:
+    """Trace energy, forces and stress of ``model`` into an autograd-free ``GraphModule``
+    whose ``forward`` takes the six graph tensors; the weights are buffers of the module."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    model = model.to(dtype=dtype).eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    names = list(params) + list(buffers)
+    values = list(params.values()) + list(buffers.values())
+    n_params, n_weights = len(params), len(names)
+    full = _energy_and_gradients(model)
+
+    def flat(*args):
+        p = dict(zip(names[:n_params], args[:n_params]))
+        b = dict(zip(names[n_params:n_weights], args[n_params:n_weights]))
+        return full(p, b, *args[n_weights:])
+
+    gm = make_fx(flat, tracing_mode="symbolic")(*values, *example_inputs(model, dtype))
+    # weights become buffers of the traced module instead of inputs
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    last = placeholders[-1]
+    for i, (node, value) in enumerate(zip(placeholders[:n_weights], values)):
+        gm.register_buffer(f"w{i}", value.detach().clone())
+        with gm.graph.inserting_after(last):
+            attr = gm.graph.get_attr(f"w{i}")
+        node.replace_all_uses_with(attr)
+        gm.graph.erase_node(node)
+    for node, name in zip(placeholders[n_weights:], INPUT_NAMES):
+        node.name = node.target = name
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional forward, no pytree
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def metadata(model: StudentModel, dtype: torch.dtype, fmt: str) -> Dict[str, str]:
+    from orbdistill import __version__
+
+    return {
+        "orbdistill_version": __version__,
+        "format": fmt,
+        "kind": model.config.kind,
+        "species": json.dumps([int(z) for z in model.species.tolist()]),
+        "cutoff": repr(float(model.cutoff)),
+        "max_neighbors": json.dumps(model.max_neighbors),
+        "dtype": str(dtype).replace("torch.", ""),
+        "inputs": json.dumps(INPUT_NAMES),
+        "outputs": json.dumps(OUTPUT_NAMES),
+        "config": json.dumps(model.config.to_dict()),
+    }
+
+
+def export_onnx(model: StudentModel, path, dtype=torch.float32) -> Path:
+    """Write an ONNX file whose graph computes energy, forces and stress."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the packages onnx and onnxscript ({exc}); pip install onnx onnxscript") from exc
+    from torch.export import Dim
+
+    path = Path(path)
+    exported = trace_student(model, dtype)
+    inputs = example_inputs(model, dtype)
+    n, e, b = Dim("n_atoms", min=1), Dim("n_edges", min=1), Dim("n_structures", min=1)
+    dyn = ({0: n}, {0: n}, {1: e}, {0: e}, {0: b}, {0: n})
+    tmp = path.with_name(path.name + ".tmp")
+    program = torch.onnx.export(exported, inputs, dynamo=True, dynamic_shapes=dyn, input_names=INPUT_NAMES,
+                                output_names=OUTPUT_NAMES, optimize=True)
+    import onnx
+
+    proto = program.model_proto
+    for k, v in metadata(model, dtype, "onnx").items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _scriptable(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """TorchScript resolves ``torch.ops.aten.op`` but not ``torch.ops.aten.op.default``:
+    call the overload packets instead (same ops, overload chosen by TorchScript)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            node.target = node.target.overloadpacket
+    gm.recompile()
+    return gm
+
+
+def export_torchscript(model: StudentModel, path, dtype=torch.float32) -> Path:
+    """Write a TorchScript file whose graph computes energy, forces and stress."""
+    path = Path(path)
+    exported = _scriptable(trace_student(model, dtype))
+    scripted = torch.jit.script(exported)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(metadata(model, dtype, "torchscript"))})
+    os.replace(tmp, path)
+    return path
+
+
+def read_onnx_metadata(path) -> Dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_torchscript_metadata(path) -> Dict[str, str]:
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(path), _extra_files=extra, map_location="cpu")
+    return json.loads(extra["metadata.json"])
+
+
+class OnnxRunner:
+    """Run an exported ONNX student with onnxruntime (no model code needed).
+
+    ``runner(graph_tensors_as_numpy) -> dict`` of numpy outputs."""
+
+    def __init__(self, path, device: str = "cpu", num_threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("The ONNX backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from exc
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("CUDA was asked for but onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu.")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.dtype = self.metadata.get("dtype", "float32")
+
+    def __call__(self, feeds: Dict[str, "object"]) -> Dict[str, "object"]:
+        out = self.session.run(OUTPUT_NAMES, feeds)
+        return dict(zip(OUTPUT_NAMES, out))

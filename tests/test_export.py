@@ -1,0 +1,148 @@
+"""Exported students (TorchScript, ONNX via onnxruntime) equal eager PyTorch, forces and
+stress included, on sizes never seen at export time."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from orbdistill.calculator import StudentCalculator
+from orbdistill.export import export_package, write_package
+from orbdistill.models import build_student
+
+from conftest import rattled_triclinic_cu
+
+MODELS = {
+    "v2": ("v2", dict(num_features=16, num_vector_features=4, num_layers=2, cutoff=4.5)),
+    "v1": ("v1", dict(latent_dim=16, encoder_hidden=24, node_encoder_hidden=24, step_hidden=[24, 16],
+                      node_step_hidden=[24, 24], head_hidden=8, cutoff=4.5, max_neighbors=None)),
+}
+
+
+def structures():
+    big = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    big.rattle(0.05, seed=5)
+    mol = molecule("CH3CH2OH")
+    return {"triclinic-8": rattled_triclinic_cu(seed=2), "bulk-108": big, "molecule": mol}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def package(request, tmp_path_factory):
+    kind, over = MODELS[request.param]
+    torch.manual_seed(1)
+    m = build_student(kind, [1, 6, 8, 29], **over)
+    with torch.no_grad():
+        m.element_refs[torch.tensor([1, 6, 8, 29])] = torch.tensor([-1.0, -7.0, -5.0, -3.7])
+    path = tmp_path_factory.mktemp(request.param) / "pkg"
+    write_package(m, path, {"teacher": {"name": "none"}})
+    export_package(path, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exported_backends_equal_eager(package, backend, dtype):
+    eager = StudentCalculator.from_package(package, backend="torch", dtype=dtype, device="cpu")
+    exported = StudentCalculator.from_package(package, backend=backend, dtype=dtype, device="cpu")
+    for name, atoms in structures().items():
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = eager, exported
+        ea, eb = a.get_potential_energy(), b.get_potential_energy()
+        fa, fb = a.get_forces(), b.get_forces()
+        if dtype == "float64":
+            assert eb == pytest.approx(ea, rel=1e-6), name
+            np.testing.assert_allclose(fb, fa, rtol=1e-6, atol=1e-9, err_msg=name)
+        else:
+            assert eb == pytest.approx(ea, rel=1e-5, abs=1e-4), name
+            np.testing.assert_allclose(fb, fa, atol=1e-4, err_msg=name)
+        if atoms.pbc.all():
+            np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-9 if dtype == "float64" else 1e-5)
+        np.testing.assert_allclose(b.calc.results["energies"].sum(), eb, rtol=1e-6)
+
+
+def test_metadata_is_embedded(package):
+    from orbdistill.export.traced import read_onnx_metadata, read_torchscript_metadata
+
+    for meta in (read_onnx_metadata(package / "model_float32.onnx"), read_torchscript_metadata(package / "model_float64.torchscript")):
+        assert json.loads(meta["species"]) == [1, 6, 8, 29]
+        assert float(meta["cutoff"]) == 4.5 and meta["kind"] in ("v1", "v2") and "orbdistill_version" in meta
+    card = json.loads((package / "card.json").read_text())
+    assert set(card["exports"]) == {"model_float32.onnx", "model_float64.onnx", "model_float32.torchscript",
+                                    "model_float64.torchscript"}
+
+
+def test_onnx_file_runs_in_a_fresh_process_without_model_code(package):
+    code = f"""
+import sys, json, numpy as np, onnxruntime as ort
+from ase.build import bulk
+from orbdistill.graph import build_graph
+s = ort.InferenceSession({str(package / 'model_float64.onnx')!r}, providers=['CPUExecutionProvider'])
+meta = s.get_modelmeta().custom_metadata_map
+a = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2); a.rattle(0.05, seed=9)
+g = build_graph(a, float(meta['cutoff']), dtype=__import__('torch').float64)
+feeds = {{k: getattr(g, k).numpy() for k in ['positions', 'atomic_numbers', 'edge_index', 'cell_shifts', 'cell', 'batch']}}
+e, f, st, ea = s.run(None, feeds)
+assert 'orbdistill.models' not in sys.modules, 'model code was imported'
+print(json.dumps({{'energy': float(e[0]), 'fmax': float(np.abs(f).max())}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    a.rattle(0.05, seed=9)
+    a.calc = StudentCalculator.from_package(package, dtype="float64")
+    assert out["energy"] == pytest.approx(a.get_potential_energy(), rel=1e-9)
+
+
+def test_md_with_the_onnx_backend_follows_eager(package):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    traj = {}
+    for backend in ("torch", "onnx"):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        atoms.rattle(0.02, seed=3)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+        atoms.calc = StudentCalculator.from_package(package, backend=backend, dtype="float64")
+        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+        pos = []
+        dyn.attach(lambda: pos.append(atoms.positions.copy()), interval=10)
+        dyn.run(100)
+        traj[backend] = np.array(pos)
+    assert len(traj["onnx"]) == 11
+    np.testing.assert_allclose(traj["onnx"][:5], traj["torch"][:5], atol=1e-8)
+
+
+def test_missing_export_and_unknown_backend_say_what_to_do(tmp_path):
+    m = build_student("v2", [29], num_features=8, num_vector_features=2, num_layers=1)
+    write_package(m, tmp_path / "p", {"teacher": {"name": "none"}})
+    with pytest.raises(FileNotFoundError, match="orbdistill export"):
+        StudentCalculator.from_package(tmp_path / "p", backend="onnx")
+    with pytest.raises(ValueError, match="torchscript"):
+        StudentCalculator.from_package(tmp_path / "p", backend="tensorrt")
+
+
+def test_compile_backend_equals_eager_without_recompiling(tmp_path):
+    """torch.compile of the traced graph with dynamic shapes: new sizes and edge counts
+    reuse the compiled code."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = build_student("v2", [1, 6, 8, 29], num_features=8, num_vector_features=2, num_layers=1, cutoff=4.0)
+    write_package(m, tmp_path / "p", {"teacher": {"name": "none"}})
+    eager = StudentCalculator.from_package(tmp_path / "p", dtype="float64")
+    compiled = StudentCalculator.from_package(tmp_path / "p", backend="compile", dtype="float64")
+    from torch._dynamo.utils import counters
+
+    for name, atoms in structures().items():
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = eager, compiled
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-9), name
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-9, err_msg=name)
+    assert counters["stats"]["unique_graphs"] <= 2  # one graph, maybe one re-specialisation
