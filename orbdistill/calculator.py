@@ -90,7 +90,7 @@ class OnnxEngine(_ExportedEngine):
     name = "onnx"
 
     def __init__(self, path, device, dtype, num_threads=None):
-        from .export.traced import OnnxRunner
+        from .export.onnx_runtime import OnnxRunner
 
         self.runner = OnnxRunner(path, device=str(device), num_threads=num_threads or 0)
         meta = self.runner.metadata
@@ -107,35 +107,7 @@ class OnnxEngine(_ExportedEngine):
         return {k: torch.from_numpy(v) for k, v in self.runner(feeds).items()}
 
 
-class CompileEngine(_ExportedEngine):
-    """``torch.compile`` (Inductor) of the traced, autograd-free energy-and-gradient graph.
-
-    The graph is traced with symbolic numbers of atoms, edges and structures and compiled
-    with ``dynamic=True``, so a new edge count in the next MD step reuses the compiled code
-    instead of recompiling. The first call compiles (tens of seconds on CPU)."""
-
-    name = "compile"
-
-    def __init__(self, model, device, dtype):
-        from .export.traced import trace_student
-
-        model = model.to(device=device, dtype=dtype).eval()
-        self.species = [int(z) for z in model.species.tolist()]
-        self.cutoff = model.cutoff
-        self.max_neighbors = model.max_neighbors
-        gm = trace_student(model, dtype).to(device)
-        try:
-            self.fn = torch.compile(gm, dynamic=True)
-        except Exception as exc:  # pragma: no cover - depends on the platform
-            raise RuntimeError(f"torch.compile is not available here ({exc}); use backend='torch' or 'onnx'.") from exc
-
-    def __call__(self, graph, compute_stress: bool) -> dict:
-        e, f, s, ea = self.fn(graph.positions, graph.atomic_numbers, graph.edge_index, graph.cell_shifts,
-                              graph.cell, graph.batch)
-        return {"energy": e, "forces": f, "stress": s, "energies": ea}
-
-
-BACKENDS = ("torch", "compile", "torchscript", "onnx")
+BACKENDS = ("torch", "torchscript", "onnx")
 
 
 def exported_file(package, backend: str, dtype: torch.dtype) -> str:
@@ -201,13 +173,11 @@ class StudentCalculator(Calculator):
 
         Args:
             path: package folder (holds ``model.pt`` and ``card.json``)
-            backend: "torch" (eager PyTorch), "compile" (torch.compile of the traced graph,
-                dynamic shapes), "torchscript" or "onnx" (exported files in the package, see
-                ``orbdistill export``; forces and stress inside the graph)
+            backend: "torch" (eager PyTorch), "torchscript" or "onnx" (exported files in the
+                package, see ``orbdistill export``; forces and stress inside the graph)
             device, dtype, **kwargs: as for the constructor
         """
         from .export.package import read_card
-        from .models import load_student
 
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -218,9 +188,9 @@ class StudentCalculator(Calculator):
         dt = _resolve_dtype(dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if backend == "torch":
+            from .models import load_student
+
             engine = TorchEngine(load_student(os.path.join(path, "model.pt")), dev, dt)
-        elif backend == "compile":
-            engine = CompileEngine(load_student(os.path.join(path, "model.pt")), dev, dt)
         else:
             f = exported_file(path, backend, dt)
             if not os.path.exists(f):

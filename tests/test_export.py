@@ -53,14 +53,15 @@ def test_exported_backends_equal_eager(package, backend, dtype):
         a.calc, b.calc = eager, exported
         ea, eb = a.get_potential_energy(), b.get_potential_energy()
         fa, fb = a.get_forces(), b.get_forces()
-        if dtype == "float64":
+        if dtype == "float64":  # 1e-6 relative to the scale of each quantity
             assert eb == pytest.approx(ea, rel=1e-6), name
-            np.testing.assert_allclose(fb, fa, rtol=1e-6, atol=1e-9, err_msg=name)
+            assert np.abs(fb - fa).max() <= 1e-6 * np.abs(fa).max(), name
         else:
             assert eb == pytest.approx(ea, rel=1e-5, abs=1e-4), name
             np.testing.assert_allclose(fb, fa, atol=1e-4, err_msg=name)
         if atoms.pbc.all():
-            np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-9 if dtype == "float64" else 1e-5)
+            sa, sb = a.get_stress(), b.get_stress()
+            assert np.abs(sb - sa).max() <= (1e-6 if dtype == "float64" else 1e-4) * np.abs(sa).max() + 1e-12, name
         np.testing.assert_allclose(b.calc.results["energies"].sum(), eb, rtol=1e-6)
 
 
@@ -98,6 +99,23 @@ print(json.dumps({{'energy': float(e[0]), 'fmax': float(np.abs(f).max())}}))
     assert out["energy"] == pytest.approx(a.get_potential_energy(), rel=1e-9)
 
 
+def test_onnx_backend_of_the_calculator_imports_no_model_code(package):
+    code = f"""
+import sys
+from ase.build import bulk
+from orbdistill.calculator import StudentCalculator
+calc = StudentCalculator.from_package({str(package)!r}, backend='onnx', dtype='float32')
+a = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
+a.calc = calc
+a.get_forces()
+bad = [m for m in sys.modules if m.startswith('orbdistill.models') or m.startswith('orbdistill.export.traced')]
+assert not bad, bad
+print('ok')
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
 def test_md_with_the_onnx_backend_follows_eager(package):
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -126,23 +144,3 @@ def test_missing_export_and_unknown_backend_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="torchscript"):
         StudentCalculator.from_package(tmp_path / "p", backend="tensorrt")
 
-
-def test_compile_backend_equals_eager_without_recompiling(tmp_path):
-    """torch.compile of the traced graph with dynamic shapes: new sizes and edge counts
-    reuse the compiled code."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    m = build_student("v2", [1, 6, 8, 29], num_features=8, num_vector_features=2, num_layers=1, cutoff=4.0)
-    write_package(m, tmp_path / "p", {"teacher": {"name": "none"}})
-    eager = StudentCalculator.from_package(tmp_path / "p", dtype="float64")
-    compiled = StudentCalculator.from_package(tmp_path / "p", backend="compile", dtype="float64")
-    from torch._dynamo.utils import counters
-
-    for name, atoms in structures().items():
-        a, b = atoms.copy(), atoms.copy()
-        a.calc, b.calc = eager, compiled
-        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-9), name
-        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-9, err_msg=name)
-    assert counters["stats"]["unique_graphs"] <= 2  # one graph, maybe one re-specialisation

@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 from ase.data import chemical_symbols
 
-from orbdistill.models.base import StudentModel
+if TYPE_CHECKING:  # the ONNX backend reads cards without importing model code
+    from orbdistill.models.base import StudentModel
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -26,7 +29,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
+def write_package(model: "StudentModel", out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
     """Write ``model`` and its card into ``out_dir`` (created; existing files replaced)."""
     from orbdistill import __version__
 

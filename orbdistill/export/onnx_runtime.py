@@ -1,0 +1,34 @@
+"""Running exported ONNX students with onnxruntime. Imports no model code."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+OUTPUT_NAMES = ["energy", "forces", "stress", "energies"]
+
+
+class OnnxRunner:
+    """Run an exported ONNX student with onnxruntime (no model code needed).
+
+    ``runner(graph_tensors_as_numpy) -> dict`` of numpy outputs."""
+
+    def __init__(self, path, device: str = "cpu", num_threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("The ONNX backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from exc
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("CUDA was asked for but onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu.")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.dtype = self.metadata.get("dtype", "float32")
+
+    def __call__(self, feeds: Dict[str, "object"]) -> Dict[str, "object"]:
+        out = self.session.run(OUTPUT_NAMES, feeds)
+        return dict(zip(OUTPUT_NAMES, out))
