@@ -46,7 +46,7 @@ def cmd_analyze(args) -> int:
         comp = compare_reports(rep, other, args.out)
         for row in comp["rows"]:
             q = row["ratio_a_over_b"]
-            print(f"  {row['quantity']:>18}: {'-' if q is None else f'{q:.2f}x'}")
+            print(f"  {row['quantity']:>18}: {'-' if q is None else f'{q:.3g}x'}")
         print(f"wrote {Path(args.out) / 'compare.md'}")
     return 0
 

@@ -18,8 +18,18 @@ class OnnxRunner:
         except ImportError as exc:
             raise ImportError("The ONNX backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from exc
         opts = ort.SessionOptions()
-        if num_threads:
-            opts.intra_op_num_threads = int(num_threads)
+        # One intra-op thread on the CPU: with several, onnxruntime's ScatterND with
+        # reduction="add" (the scatter-sum of messages onto atoms) loses updates when edges
+        # of one atom land in different threads; results then differ from run to run by
+        # ~1e-3 eV/Å (seen with onnxruntime 1.32). Correctness first.
+        if num_threads and int(num_threads) > 1:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "onnxruntime runs these models on one CPU thread (its parallel scatter-add is not exact); "
+                "ignoring num_threads=%s", num_threads)
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():

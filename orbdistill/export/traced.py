@@ -71,16 +71,30 @@ def _energy_and_gradients(model: StudentModel):
 
 
 def example_inputs(model: StudentModel, dtype=torch.float32) -> Tuple[torch.Tensor, ...]:
-    """A small periodic structure of the model's first species, as graph tensors."""
+    """Example graph tensors for tracing: a batch of two periodic structures, 29 + 24 = 53
+    atoms of the model's first species.
+
+    The sizes matter: symbolic tracing gives equal sizes one symbol ("duck sizing"), and
+    the weights are traced as inputs, so an example whose atom count equals a layer width
+    would freeze the atom count; a single structure would freeze the batch size to 1. 53
+    atoms in 2 structures matches no width orbdistill uses.
+    """
     from ase.build import bulk
 
     from orbdistill.graph import build_graph
 
     z = int(model.species[0])
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
-    atoms.numbers[:] = z
-    atoms.rattle(0.05, seed=0)
-    g = build_graph(atoms, model.cutoff, model.max_neighbors, dtype=dtype)
+    structures = []
+    for n_remove, seed in ((3, 0), (8, 1)):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        del atoms[list(range(n_remove))]
+        atoms.numbers[:] = z
+        atoms.rattle(0.05, seed=seed)
+        structures.append(atoms)
+    g = build_graph(structures, model.cutoff, model.max_neighbors, dtype=dtype)
+    widths = {int(d) for p in model.parameters() for d in p.shape}
+    if g.num_atoms in widths or g.num_edges in widths:  # pragma: no cover - guard for exotic widths
+        raise RuntimeError(f"example sizes ({g.num_atoms} atoms, {g.num_edges} edges) collide with a layer width")
     return (g.positions, g.atomic_numbers, g.edge_index, g.cell_shifts, g.cell, g.batch)
 
 

@@ -199,7 +199,7 @@ def compare_reports(a: dict, b: dict, out_dir) -> dict:
     for row in rows:
         x, y, q = row[a["target"]], row[b["target"]], row["ratio_a_over_b"]
         fx = (lambda v: "-" if v is None else (_fmt_flops(v) if "flops" in row["quantity"] else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"))
-        lines.append(f"| {row['quantity']} | {fx(x)} | {fx(y)} | {'-' if q is None else f'{q:.2f}x'} |")
+        lines.append(f"| {row['quantity']} | {fx(x)} | {fx(y)} | {'-' if q is None else f'{q:.3g}x'} |")
     _atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
 
     import matplotlib
