@@ -35,7 +35,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from orbdistill.models.base import StudentModel, cell_volumes
+from orbdistill.models.base import StudentModel, apply_strain, stress_from_virial
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def _energy_and_gradients(model: StudentModel):
     once traced."""
 
     def energy_fn(params, buffers, positions, displacement, atomic_numbers, edge_index, cell_shifts, cell, batch):
-        sym = 0.5 * (displacement + displacement.transpose(-1, -2))
-        pos = positions + torch.einsum("ni,nij->nj", positions, torch.index_select(sym, 0, batch))
-        c = cell + torch.bmm(cell, sym)
+        pos, c = apply_strain(positions, cell, batch, displacement)
         e = torch.func.functional_call(model, (params, buffers), (pos, atomic_numbers, edge_index, cell_shifts, c, batch))
         return e.sum(), e
 
@@ -61,11 +59,7 @@ def _energy_and_gradients(model: StudentModel):
         (g_pos, g_disp), e_atoms = grad_fn(params, buffers, positions, displacement, atomic_numbers, edge_index,
                                            cell_shifts, cell, batch)
         energy = torch.zeros(cell.shape[0], dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
-        vol = cell_volumes(cell)
-        has_volume = vol > 1e-8
-        safe = torch.where(has_volume, vol, torch.ones_like(vol))
-        stress = torch.where(has_volume.view(-1, 1, 1), g_disp / safe.view(-1, 1, 1), torch.zeros_like(g_disp))
-        return energy, -g_pos, stress, e_atoms
+        return energy, -g_pos, stress_from_virial(g_disp, cell), e_atoms
 
     return full
 

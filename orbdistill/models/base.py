@@ -57,17 +57,32 @@ class StudentConfig:
         return dataclass_from_dict(cls, d, f"{cls.__name__} field")
 
 
+def apply_strain(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor, displacement: torch.Tensor):
+    """Positions and cell deformed by the symmetric part of ``displacement`` [B, 3, 3].
+
+    With ``displacement = 0``, ``dE/d displacement`` is the virial ``V * sigma``.
+    """
+    sym = 0.5 * (displacement + displacement.transpose(-1, -2))
+    positions = positions + torch.einsum("ni,nij->nj", positions, torch.index_select(sym, 0, batch))
+    return positions, cell + torch.bmm(cell, sym)
+
+
 def strained(positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor):
     """Apply a zero symmetric strain that autograd can differentiate.
 
-    Returns (positions', cell', displacement) with ``displacement`` [B, 3, 3] requiring grad;
-    ``dE/d displacement`` is then the virial ``V * sigma``.
+    Returns (positions', cell', displacement) with ``displacement`` [B, 3, 3] requiring grad.
     """
     displacement = torch.zeros_like(cell, requires_grad=True)
-    sym = 0.5 * (displacement + displacement.transpose(-1, -2))
-    positions = positions + torch.einsum("ni,nij->nj", positions, sym[batch])
-    cell = cell + torch.bmm(cell, sym)
+    positions, cell = apply_strain(positions, cell, batch, displacement)
     return positions, cell, displacement
+
+
+def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """sigma = virial / V (eV/Å^3, ASE sign) per structure; zero where the cell has no volume."""
+    vol = cell_volumes(cell)
+    has_volume = vol > 1e-8
+    safe = torch.where(has_volume, vol, torch.ones_like(vol))
+    return torch.where(has_volume.view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.zeros_like(virial))
 
 
 def cell_volumes(cell: torch.Tensor) -> torch.Tensor:
@@ -226,7 +241,5 @@ def conservative_outputs(
         out["forces"] = -g
     if compute_stress:
         virial = grads[1] if grads[1] is not None else torch.zeros_like(cell)
-        vol = cell_volumes(cell)
-        safe = torch.where(vol > 1e-8, vol, torch.ones_like(vol))
-        out["stress"] = torch.where((vol > 1e-8).view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.zeros_like(virial))
+        out["stress"] = stress_from_virial(virial, cell)
     return out
