@@ -1,4 +1,5 @@
-"""Time per MD step of each deployment backend (eager PyTorch, TorchScript, ONNX Runtime)
+"""Time per MD step of each deployment backend (eager PyTorch, torch.compile, TorchScript,
+ONNX Runtime)
 for each student, from 32 to about 2,000 atoms, through the ASE calculator.
 
     python benchmarks/backend_speed.py --threads 2
@@ -37,6 +38,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 108, 256, 500, 864, 2048])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--backends", nargs="+", default=["torch", "compile", "torchscript", "onnx"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--v2-package", default="calculators/cu-sevennet-v2")
     p.add_argument("--out", default="benchmarks/results/backend_speed")
@@ -50,12 +52,13 @@ def main():
     factories = {}
     for name, pkg in packages.items():
         ensure_exports(pkg)
-        for backend in ("torch", "torchscript", "onnx"):
+        for backend in args.backends:
             factories[f"{name} {backend}"] = (lambda pkg=pkg, b=backend: StudentCalculator.from_package(
                 pkg, backend=b, device=args.device, dtype="float32", num_threads=args.threads if b == "onnx" else None))
-    rows = run_speed_table(factories, args.sizes, repeats=args.repeats, max_step_seconds=30.0)
+    # 3 warm-up calls per size: compile compiles on its first call, TorchScript optimises on its second
+    rows = run_speed_table(factories, args.sizes, repeats=args.repeats, warmup=3, max_step_seconds=30.0)
     meta = {"threads": args.threads, "device": args.device, "torch": torch.__version__, "dtype": "float32",
-            "statistic": "median", "repeats": args.repeats, "structure": "Cu fcc a=3.61 Å, rattled 0.05 Å",
+            "statistic": "median", "repeats": args.repeats, "warmup_calls_per_size": 3, "structure": "Cu fcc a=3.61 Å, rattled 0.05 Å",
             "cpu": platform.processor()}
     fastest = {}
     for n in sorted({r["n_atoms"] for r in rows}):

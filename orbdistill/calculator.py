@@ -57,6 +57,60 @@ class TorchEngine:
         return {k: v.detach() for k, v in out.items()}
 
 
+class _CompiledEnergies:
+    """Stands in for the model inside ``conservative_outputs``: per-atom energies through a
+    ``torch.compile``d function, everything else (strain, forces, stress) unchanged."""
+
+    def __init__(self, fn):
+        self.atomic_energies = fn
+
+
+class CompileEngine(TorchEngine):
+    """``torch.compile`` (Inductor) of the model's energy function, with dynamic shapes.
+
+    The forward pass is compiled by Dynamo/Inductor and its gradient pass by AOTAutograd,
+    so forces and stress come from compiled kernels; the autograd call that joins them stays
+    in Python. Atom and edge counts are marked dynamic (``dynamic=True``): MD steps whose
+    edge count changes reuse the compiled code instead of recompiling. The first call
+    compiles (tens of seconds on CPU); a new number of structures per call compiles once
+    more.
+    """
+
+    name = "compile"
+
+    def __init__(self, model, device, dtype, mode: Optional[str] = None):
+        super().__init__(model, device, dtype)
+        compiled = torch.compile(self.model.atomic_energies, dynamic=True, mode=mode)
+
+        def energies(*args):
+            # Python floats in the model (exponents, constants) stay constants: with dynamic
+            # shapes Dynamo would otherwise turn them into graph inputs, which Inductor's
+            # backward lowering rejects (torch 2.13)
+            with torch._dynamo.config.patch(specialize_float=True):
+                return compiled(*args)
+
+        self._energies = _CompiledEnergies(energies)
+        self._checked = False
+
+    def __call__(self, graph, compute_stress: bool) -> dict:
+        from .models.base import conservative_outputs
+
+        try:
+            out = conservative_outputs(self._energies, graph.positions, graph.atomic_numbers, graph.edge_index,
+                                       graph.cell_shifts, graph.cell, graph.batch, compute_forces=True,
+                                       compute_stress=compute_stress)
+        except Exception as exc:
+            if self._checked:
+                raise
+            raise RuntimeError(
+                f"torch.compile could not compile this student ({type(exc).__name__}: {str(exc)[:300]}). Inductor "
+                "needs a working C++ compiler on CPU (gcc or clang on PATH) and Triton on CUDA; "
+                "use backend='torchscript' or 'torch' instead."
+            ) from exc
+        self._checked = True
+        return {k: v.detach() for k, v in out.items()}
+
+
 class _ExportedEngine:
     def _meta(self, meta: dict):
         self.species = [int(z) for z in json.loads(meta["species"])]
@@ -107,7 +161,7 @@ class OnnxEngine(_ExportedEngine):
         return {k: torch.from_numpy(v) for k, v in self.runner(feeds).items()}
 
 
-BACKENDS = ("torch", "torchscript", "onnx")
+BACKENDS = ("torch", "compile", "torchscript", "onnx")
 
 
 def exported_file(package, backend: str, dtype: torch.dtype) -> str:
@@ -149,7 +203,7 @@ class StudentCalculator(Calculator):
         self.dtype = _resolve_dtype(dtype)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
-        if isinstance(model, (TorchEngine, _ExportedEngine)):
+        if isinstance(model, (TorchEngine, _ExportedEngine)):  # CompileEngine is a TorchEngine
             self.engine = model
         else:
             if isinstance(model, (str, os.PathLike)):
@@ -173,8 +227,9 @@ class StudentCalculator(Calculator):
 
         Args:
             path: package folder (holds ``model.pt`` and ``card.json``)
-            backend: "torch" (eager PyTorch), "torchscript" or "onnx" (exported files in the
-                package, see ``orbdistill export``; forces and stress inside the graph)
+            backend: "torch" (eager PyTorch), "compile" (``torch.compile`` of the model, dynamic
+                shapes; compiles on the first call), "torchscript" or "onnx" (exported files
+                in the package, see ``orbdistill export``; forces and stress inside the graph)
             device, dtype, **kwargs: as for the constructor
         """
         from .export.package import read_card
@@ -187,10 +242,11 @@ class StudentCalculator(Calculator):
         card = read_card(path)
         dt = _resolve_dtype(dtype)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if backend == "torch":
+        if backend in ("torch", "compile"):
             from .models import load_student
 
-            engine = TorchEngine(load_student(os.path.join(path, "model.pt")), dev, dt)
+            cls_ = TorchEngine if backend == "torch" else CompileEngine
+            engine = cls_(load_student(os.path.join(path, "model.pt")), dev, dt)
         else:
             f = exported_file(path, backend, dt)
             if not os.path.exists(f):

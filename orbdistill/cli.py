@@ -88,6 +88,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from orbdistill.validation import SECTIONS, ValidateConfig, validate
+
+    _threads(args.threads)
+    over = {}
+    for key in ("nve_steps", "teacher_nve_steps", "min_atoms", "md_steps", "relax_starts"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    if args.sizes:
+        over["throughput_sizes"] = tuple(args.sizes)
+    if args.temperatures:
+        over["md_temperatures_k"] = tuple(args.temperatures)
+    if args.sections:
+        over["sections"] = tuple(args.sections)
+    elif args.skip:
+        over["sections"] = tuple(s for s in SECTIONS if s not in args.skip)
+    cfg = ValidateConfig.quick(**over) if args.quick else ValidateConfig(**over)
+    summary = validate(args.teacher, args.student, out=args.out, structure=args.structure, config=cfg,
+                       device=args.device, teacher_weights=args.weights, threads=args.threads)
+    for r in summary.get("targets", []):
+        print(f"{r['model']:>28}  {r['target']:<40} {r['value']:.4g}  {'pass' if r['pass'] else 'FAIL'}")
+    for s in summary.get("throughput", {}).get("speedups", []):
+        if s["n_atoms"] == max(x["n_atoms"] for x in summary["throughput"]["speedups"] if x["model"] == s["model"]):
+            print(f"{s['model']:>28}  {s['speedup_over_teacher']:.3g}x faster than {summary['teacher']} at {s['n_atoms']} atoms")
+    print(f"wrote {args.out}/report.md and report.json")
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from orbdistill.teachers import available_teachers
 
@@ -128,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     x.add_argument("--threads", type=int, default=None)
     x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("validate", help="energy conservation, throughput, MD and relaxation: students against the teacher")
+    v.add_argument("--teacher", required=True, help="teacher name (see `orbdistill teachers`), e.g. sevennet-0")
+    v.add_argument("--student", required=True, nargs="+", help="one or more student package folders")
+    v.add_argument("--structure", default=None, help="structure file; default: the elemental reference crystal")
+    v.add_argument("--out", required=True, help="output folder for report.md, report.json and plots")
+    v.add_argument("--quick", action="store_true", help="reduced protocol (a few minutes on 2 cores)")
+    v.add_argument("--sections", nargs="+", default=None, help="run only these sections")
+    v.add_argument("--skip", nargs="+", default=[], help="skip these sections")
+    v.add_argument("--nve-steps", type=int, default=None, help="NVE steps for students (default 10000)")
+    v.add_argument("--teacher-nve-steps", type=int, default=None, help="NVE steps for the teacher (default 2000)")
+    v.add_argument("--min-atoms", type=int, default=None, help="MD system: smallest supercell with this many atoms (64)")
+    v.add_argument("--md-steps", type=int, default=None, help="NVT production steps (1000)")
+    v.add_argument("--relax-starts", type=int, default=None, help="perturbed relaxation starts (3)")
+    v.add_argument("--temperatures", type=float, nargs="+", default=None, help="NVT temperatures, K (300 900)")
+    v.add_argument("--sizes", type=int, nargs="+", default=None, help="throughput sizes in atoms")
+    v.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    v.add_argument("--weights", default=None, help="teacher weights: a local checkpoint, or 'random' (Orb only)")
+    v.add_argument("--threads", type=int, default=None, help="torch CPU threads (stated in the report)")
+    v.set_defaults(func=cmd_validate)
 
     t = sub.add_parser("teachers", help="list teacher names")
     t.set_defaults(func=cmd_teachers)

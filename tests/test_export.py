@@ -44,7 +44,7 @@ def package(request, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+@pytest.mark.parametrize("backend", ["torchscript", "onnx", "compile"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_exported_backends_equal_eager(package, backend, dtype):
     eager = StudentCalculator.from_package(package, backend="torch", dtype=dtype, device="cpu")
@@ -135,13 +135,17 @@ print('ok')
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
-def test_md_with_the_onnx_backend_follows_eager(package):
+@pytest.mark.parametrize("backend", ["onnx", "compile"])
+def test_md_with_an_exported_backend_follows_eager(package, backend):
+    if backend == "compile" and package.parent.name.startswith("v1"):
+        pytest.skip("compile MD is checked on v2 only (each compilation costs about a minute on 2 cores)")
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
     traj = {}
-    for backend in ("torch", "onnx"):
+    other = backend
+    for backend in ("torch", other):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
         atoms.rattle(0.02, seed=3)
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
@@ -151,8 +155,26 @@ def test_md_with_the_onnx_backend_follows_eager(package):
         dyn.attach(lambda: pos.append(atoms.positions.copy()), interval=10)
         dyn.run(100)
         traj[backend] = np.array(pos)
-    assert len(traj["onnx"]) == 11
-    np.testing.assert_allclose(traj["onnx"][:5], traj["torch"][:5], atol=1e-8)
+    assert len(traj[other]) == 11
+    np.testing.assert_allclose(traj[other][:5], traj["torch"][:5], atol=1e-8)
+
+
+def test_compile_backend_does_not_recompile_when_edges_or_atoms_change(package):
+    """MD changes the edge count every few steps; the compiled code must be reused."""
+    from torch._dynamo.utils import counters
+
+    calc = StudentCalculator.from_package(package, backend="compile", dtype="float32", device="cpu")
+    edges = set()
+    for k, reps in enumerate([(2, 2, 2), (2, 2, 2), (3, 3, 3), (2, 2, 3), (3, 3, 4)]):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps)
+        atoms.rattle(0.15, seed=k)
+        atoms.calc = calc
+        atoms.get_forces()
+        edges.add(calc._graph(atoms).edge_index.shape[1])
+        if k == 0:
+            compiled_after_first_call = counters["stats"]["unique_graphs"]
+    assert len(edges) == 5
+    assert counters["stats"]["unique_graphs"] == compiled_after_first_call
 
 
 def test_missing_export_and_unknown_backend_say_what_to_do(tmp_path):
@@ -163,3 +185,19 @@ def test_missing_export_and_unknown_backend_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="torchscript"):
         StudentCalculator.from_package(tmp_path / "p", backend="tensorrt")
 
+
+
+def test_compile_backend_names_a_missing_compiler():
+    import torch._inductor.config as inductor_config
+
+    from orbdistill.calculator import CompileEngine
+
+    m = build_student("v2", [29], num_features=8, num_vector_features=2, num_layers=1)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    try:
+        with inductor_config.patch({"fx_graph_cache": False, "cpp.cxx": ("no-such-compiler-xyz",)}):
+            atoms.calc = StudentCalculator(CompileEngine(m, "cpu", torch.float32), device="cpu")
+            with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*torchscript"):
+                atoms.get_forces()
+    finally:
+        torch._dynamo.reset()

@@ -1,13 +1,14 @@
 """An ordinary ASE MD script: the only orbdistill line is the calculator.
 
     python workflows/md_nvt.py calculators/cu-sevennet-v2 --steps 200 --temperature 600
+    python workflows/md_nvt.py calculators/cu-sevennet-v2 --structure my_cell.cif --repeat 2
 """
 
 import argparse
 
 from ase import units
 from ase.build import bulk
-from ase.io import write
+from ase.io import read, write
 from ase.md.bussi import Bussi
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
@@ -20,11 +21,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--temperature", type=float, default=600.0)
     p.add_argument("--timestep-fs", type=float, default=2.0)
+    p.add_argument("--structure", default=None, help="structure file (default: Cu fcc, a = 3.61 Å)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", default="md.extxyz")
     args = p.parse_args(argv)
 
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(args.repeat)
+    unit = read(args.structure) if args.structure else bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms = unit.repeat(args.repeat)
     atoms.calc = StudentCalculator.from_package(args.package)  # <- the orbdistill line
 
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature)

@@ -1,0 +1,627 @@
+"""``orbdistill validate``: teacher against students on one system, in one command.
+
+Sections (each can be switched off): energy conservation (NVE and a timestep sweep),
+throughput against system size, MD agreement (RDF, MSD, force parity on teacher frames),
+relaxation (lattice, energy, steps), equation of state and elastic constants. Results are
+written to ``OUT/report.json`` (every number), ``OUT/report.md`` and PNG plots.
+
+Example (a few minutes on 2 CPU cores)::
+
+    from orbdistill.validation import ValidateConfig, validate
+    summary = validate("emt", ["calculators/cu-sevennet-v2"], out="val", config=ValidateConfig.quick())
+    summary["nve"]["cu-sevennet-v2"]["drift_mev_atom_ps"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic")
+
+
+@dataclass
+class ValidateConfig:
+    """What ``validate`` runs. Times in fs/ps, temperatures in K, sizes in atoms."""
+
+    sections: Tuple[str, ...] = SECTIONS
+    min_atoms: int = 64                      # MD system: smallest supercell with at least this many atoms
+    # energy conservation (LAMBench-style protocol)
+    nve_steps: int = 10_000
+    teacher_nve_steps: Optional[int] = 2_000  # the teacher is slow on CPU; None = nve_steps
+    nve_timestep_fs: float = 1.0
+    nve_temperature_k: float = 300.0
+    nve_log_interval: int = 10
+    sweep_timesteps_fs: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    sweep_ps: float = 0.5
+    # throughput
+    throughput_sizes: Tuple[int, ...] = (32, 108, 256, 500, 864, 2048, 4000)
+    throughput_repeats: int = 3
+    max_step_seconds: float = 30.0           # a model slower than this skips larger sizes
+    backends: Tuple[str, ...] = ("torch", "compile", "torchscript", "onnx")  # exported ones where the package has the file
+    memory_probe: bool = True                # CPU: peak step memory in a fresh process per model and size
+    include_emt: bool = True                 # ASE's EMT as the classical reference, where it has the elements
+    # MD agreement
+    md_temperatures_k: Tuple[float, ...] = (300.0, 900.0)
+    md_timestep_fs: float = 2.0
+    md_equilibration_steps: int = 250
+    md_steps: int = 1_000
+    md_sample_interval: int = 10
+    rdf_r_max: float = 6.0
+    rdf_bins: int = 120
+    parity_frames: int = 20
+    # relaxation and properties
+    relax_starts: int = 3                    # perturbed starting structures
+    relax_fmax: float = 0.01
+    relax_steps: int = 500
+    optimizer: str = "FIRE"
+    eos_points: int = 7
+    eos_max_strain: float = 0.02
+    elastic_strain: float = 0.005
+    relax_ions: bool = False                 # relaxed-ion EOS/elastic constants (needed for non-Bravais cells)
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides) -> "ValidateConfig":
+        """A reduced protocol for tests and a first look: minutes on 2 CPU cores."""
+        base = dict(min_atoms=32, backends=("torch", "torchscript", "onnx"), nve_steps=400, teacher_nve_steps=None, sweep_ps=0.06, nve_log_interval=5,
+                    throughput_sizes=(32, 108), throughput_repeats=2, md_temperatures_k=(600.0,),
+                    md_equilibration_steps=40, md_steps=120, md_sample_interval=5, parity_frames=5,
+                    relax_starts=1, relax_steps=200, eos_points=5)
+        base.update(overrides)
+        return cls(**base)
+
+    def check(self) -> None:
+        bad = [s for s in self.sections if s not in SECTIONS]
+        if bad:
+            raise ValueError(f"Unknown validation sections {bad}; choose from {SECTIONS}.")
+        if self.nve_steps < 10:
+            raise ValueError(f"nve_steps must be >= 10, got {self.nve_steps}")
+
+
+# ----------------------------------------------------------------------------------------
+# models under test
+
+@dataclass
+class Model:
+    """One model under test: a name, its role and a factory for its ASE calculator."""
+
+    name: str
+    role: str                      # "teacher", "student" or "reference"
+    factory: Callable[[], object]
+    info: dict = field(default_factory=dict)
+    _calc: object = None
+
+    @property
+    def calc(self):
+        if self._calc is None:
+            self._calc = self.factory()
+        return self._calc
+
+
+def _package_name(path) -> str:
+    return Path(path).resolve().name
+
+
+def build_models(teacher: str, students: Sequence, device: Optional[str] = None, dtype: str = "float32",
+                 teacher_weights: Optional[str] = None) -> List[Model]:
+    """The teacher (by name, see ``orbdistill teachers``) and the student packages."""
+    from orbdistill.calculator import StudentCalculator
+    from orbdistill.export.package import read_card
+    from orbdistill.teachers import load_teacher
+
+    t = load_teacher(teacher, device=device, weights=teacher_weights)
+    models = [Model(teacher, "teacher", t.calculator, info=t.describe())]
+    models[0]._teacher = t
+    models[0].info["probe_spec"] = f"teacher:{teacher}" + (f":{teacher_weights}" if teacher_weights else "")
+    for p in students:
+        if not os.path.isdir(p):
+            raise FileNotFoundError(f"Student package {p!r} does not exist.")
+        card = read_card(p)
+        models.append(Model(_package_name(p), "student",
+                            (lambda p=p: StudentCalculator.from_package(p, device=device, dtype=dtype)),
+                            info={"package": str(p), "probe_spec": f"package:{p}", "kind": card.get("student", {}).get("kind"),
+                                  "params": card.get("student", {}).get("params"), "species": card.get("species"),
+                                  "card_metrics": card.get("metrics")}))
+    return models
+
+
+# ----------------------------------------------------------------------------------------
+# structures
+
+def default_structure(species: Sequence[str]):
+    """The ASE reference crystal of a single element (cubic cell where one exists)."""
+    from ase.build import bulk
+
+    if len(species) != 1:
+        raise ValueError(f"The students cover several elements ({', '.join(species)}); pass --structure FILE.")
+    try:
+        return bulk(species[0], cubic=True)
+    except Exception:
+        try:
+            return bulk(species[0])
+        except Exception as exc:
+            raise ValueError(f"ASE has no reference crystal for {species[0]}; pass --structure FILE.") from exc
+
+
+def supercell(atoms, n_target: int, at_least: bool = True):
+    """The most compact repetition of ``atoms`` with at least (or closest to) ``n_target`` atoms.
+
+    Repetitions are chosen to keep the three perpendicular widths of the supercell as equal
+    as possible; non-periodic axes are never repeated.
+    """
+    n0 = len(atoms)
+    if not all(atoms.pbc):
+        return atoms.copy()
+    cell = atoms.cell.array
+    vol = abs(np.linalg.det(cell))
+    widths = np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+    k = max(1.0, (n_target / n0) ** (1 / 3))
+    ideal = k * widths.mean() / widths * (np.prod(widths) ** (1 / 3) / widths.mean())
+    best, best_key = None, None
+    ranges = [range(max(1, int(np.floor(x)) - 1), int(np.ceil(x)) + 2) for x in ideal]
+    for reps in itertools.product(*ranges):
+        n = n0 * int(np.prod(reps))
+        if at_least and n < n_target:
+            continue
+        w = widths * np.array(reps)
+        key = (abs(n - n_target) / n_target if not at_least else n / n_target) + 0.5 * (w.max() / w.min() - 1.0)
+        if best_key is None or key < best_key:
+            best, best_key = reps, key
+    if best is None:
+        best = tuple(int(np.ceil(x)) for x in ideal)
+    return atoms.repeat(best)
+
+
+# ----------------------------------------------------------------------------------------
+# memory
+
+def _status_mb(key: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def step_memory(calc, atoms) -> dict:
+    """Extra memory one energy+forces+stress call needs (MB).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` over the call. CPU (Linux): the resident-set
+    high-water mark after resetting it (``/proc/self/clear_refs``), minus the resident set
+    before the call; this measures what the step adds to an already loaded model.
+    """
+    import torch
+
+    at = atoms.copy()
+    at.calc = calc
+    at.positions = at.positions + 1e-4
+    dev = str(getattr(calc, "device", "cpu"))
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        at.get_forces(), at.get_stress() if all(at.pbc) else None
+        torch.cuda.synchronize()
+        return {"peak_step_mb": (torch.cuda.max_memory_allocated() - base) / 2 ** 20, "method": "cuda max_memory_allocated"}
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return {"peak_step_mb": None, "method": "unavailable (no /proc/self/clear_refs)"}
+    base = _status_mb("VmRSS")
+    at.get_forces()
+    if all(at.pbc):
+        at.get_stress()
+    peak = _status_mb("VmHWM")
+    return {"peak_step_mb": max(0.0, peak - base), "method": "VmHWM - VmRSS before the step (Linux, same process)"}
+
+
+# ----------------------------------------------------------------------------------------
+# the suite
+
+def _species(atoms) -> List[str]:
+    return sorted(set(atoms.get_chemical_symbols()))
+
+
+def _emt_covers(atoms) -> bool:
+    from ase.calculators.emt import parameters
+
+    return set(atoms.get_chemical_symbols()) <= set(parameters)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _strip(obj):
+    """JSON-safe copy (numpy scalars and arrays to Python; Atoms dropped)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in ("atoms", "frames")}
+    if isinstance(obj, (list, tuple)):
+        return [_strip(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+_NOT_IN_FINGERPRINT = ("sections", "progress", "throughput_sizes", "throughput_repeats", "max_step_seconds", "backends",
+                       "memory_probe", "include_emt")
+
+
+def _fingerprint(teacher, students, structure, cfg: ValidateConfig, dtype: str) -> str:
+    """What must be equal for results in an existing report to be reused."""
+    import hashlib
+
+    conf = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    payload = {"teacher": teacher, "students": [str(Path(s).resolve()) for s in students], "dtype": dtype,
+               "numbers": structure.numbers.tolist(), "positions": np.round(structure.positions, 6).tolist(),
+               "cell": np.round(structure.cell.array, 6).tolist(), "pbc": structure.pbc.tolist(), "config": _strip(conf)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate(teacher: str, students: Sequence, out, structure=None, config: Optional[ValidateConfig] = None,
+             device: Optional[str] = None, teacher_weights: Optional[str] = None, threads: Optional[int] = None,
+             resume: bool = True) -> dict:
+    """Run the validation suite and write ``out/report.json``, ``out/report.md`` and plots.
+
+    Args:
+        teacher: teacher name (``orbdistill teachers`` lists them), e.g. "sevennet-0"
+        students: student package folders
+        out: output folder (created)
+        structure: ``ase.Atoms`` or a file; default: the ASE reference crystal when the
+            students cover a single element
+        config: a :class:`ValidateConfig` (default: the full protocol)
+        device: "cpu" or "cuda" (default: CUDA when available)
+        threads: torch CPU threads (recorded in the report)
+        resume: reuse finished sections (and finished models within a section) of an
+            existing ``out/report.json`` made with the same teacher, students, structure and
+            protocol; sections run later are merged into the same report
+    Returns:
+        the summary written to ``report.json``.
+    """
+    import torch
+
+    from . import md as mdv
+    from . import nve as nvev
+    from . import relax as rv
+    from .report import write_report
+    from .throughput import time_step
+
+    cfg = config or ValidateConfig()
+    cfg.check()
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not students:
+        raise ValueError("validate needs at least one student package")
+    models = build_models(teacher, students, device=device, teacher_weights=teacher_weights)
+    tmodel = models[0]
+    if structure is None:
+        species = sorted({s for m in models[1:] for s in (m.info.get("species") or [])})
+        structure = default_structure(species)
+    elif isinstance(structure, (str, os.PathLike)):
+        from orbdistill.io import read_structure
+
+        structure = read_structure(structure)
+    structure = structure.copy()
+    structure.calc = None
+    # fail early, with the model's own message, on elements a model does not know
+    tmodel._teacher.check_species(structure)
+    for m in models[1:]:
+        m.calc.check_species(structure)
+
+    dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fingerprint = _fingerprint(teacher, students, structure, cfg, "float32")
+    prev = {}
+    if resume and (out / "report.json").exists():
+        try:
+            prev = json.loads((out / "report.json").read_text())
+        except ValueError:
+            log.warning("%s is unreadable; starting afresh", out / "report.json")
+        if prev.get("fingerprint") != fingerprint:
+            if prev:
+                log.warning("%s was made with another teacher, student set, structure or protocol; starting afresh",
+                            out / "report.json")
+            prev = {}
+    summary = {
+        "fingerprint": fingerprint,
+        "teacher": tmodel.name, "students": [m.name for m in models[1:]],
+        "models": {m.name: {"role": m.role, **_strip(m.info)} for m in models},
+        "structure": {"formula": structure.get_chemical_formula(), "n_atoms": len(structure),
+                      "pbc": structure.pbc.tolist(), "cell": structure.cell.array.tolist()},
+        "config": _strip(dataclasses.asdict(cfg)),
+        "environment": {"device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                        "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+        "timing_s": {},
+    }
+
+    for key in ("relax", "eos", "elastic", "nve", "sweep", "md", "throughput", "md_system"):
+        if key in prev:
+            summary[key] = prev[key]
+    summary["timing_s"] = dict(prev.get("timing_s", {}))
+
+    def save():
+        _atomic_write(out / "report.json", json.dumps(_strip(summary), indent=1))
+
+    def timed(section):
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                log.info("validate: %s", section)
+
+            def __exit__(self, *exc):
+                summary["timing_s"][section] = time.perf_counter() - self.t
+                save()
+        return _T()
+
+    # --- relaxation first: the teacher's relaxed structure starts the MD of every model
+    from ase.io import read, write
+
+    relaxed = {}
+    files = {m.name: out / f"relaxed_{m.name}.extxyz" for m in models}
+    if "relax" in summary and all(f.exists() for f in files.values()):
+        relaxed = {name: read(f) for name, f in files.items()}
+    else:  # every model's own minimum feeds EOS and elastic constants; the teacher's starts the MD
+        with timed("relax"):
+            res = {}
+            for m in models:
+                r0 = rv.relax(m.calc, structure, fmax=cfg.relax_fmax, steps=cfg.relax_steps, optimizer=cfg.optimizer)
+                relaxed[m.name] = r0["atoms"]
+                write(files[m.name].with_suffix(".tmp.extxyz"), r0["atoms"])
+                os.replace(files[m.name].with_suffix(".tmp.extxyz"), files[m.name])
+                starts = []
+                if "relax" in cfg.sections:
+                    for k in range(cfg.relax_starts):
+                        start = rv.perturbed(structure, seed=cfg.seed + k)
+                        starts.append(rv.relax(m.calc, start, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
+                                               optimizer=cfg.optimizer))
+                res[m.name] = {"from_input": r0, "from_perturbed": starts}
+            summary["relax"] = _relax_comparison(res, tmodel.name)
+    md_start = relaxed.get(tmodel.name, structure)
+    system = supercell(md_start, cfg.min_atoms)
+    summary["md_system"] = {"formula": system.get_chemical_formula(), "n_atoms": len(system),
+                            "cell": system.cell.array.tolist(), "from": "teacher-relaxed structure" if relaxed else "input"}
+
+    if "eos" in cfg.sections and all(structure.pbc) and "eos" not in summary:
+        with timed("eos"):
+            eos = {m.name: rv.equation_of_state(m.calc, relaxed[m.name], max_linear_strain=cfg.eos_max_strain,
+                                                points=cfg.eos_points, relax_ions=cfg.relax_ions) for m in models}
+            summary["eos"] = _compare(eos, tmodel.name, ("bulk_modulus_gpa", "v0_a3"), relative=True)
+    if "elastic" in cfg.sections and all(structure.pbc) and "elastic" not in summary:
+        with timed("elastic"):
+            el = {m.name: rv.elastic_constants(m.calc, relaxed[m.name], strain=cfg.elastic_strain,
+                                               relax_ions=cfg.relax_ions) for m in models}
+            summary["elastic"] = _compare(el, tmodel.name, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
+                                          relative=True)
+
+    if "nve" in cfg.sections and any(m.name not in summary.get("nve", {}) for m in models):
+        with timed("nve"):
+            nve = dict(summary.get("nve", {}))
+            for m in models:
+                if m.name in nve:
+                    continue
+                steps = cfg.teacher_nve_steps if (m.role == "teacher" and cfg.teacher_nve_steps) else cfg.nve_steps
+                nve[m.name] = nvev.run_nve(m.calc, system, steps=steps, timestep_fs=cfg.nve_timestep_fs,
+                                           temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
+                                           log_interval=cfg.nve_log_interval, progress=cfg.progress, label=m.name)
+                summary["nve"] = nve
+                save()
+    if "sweep" in cfg.sections and any(m.name not in summary.get("sweep", {}) for m in models):
+        with timed("sweep"):
+            sweep = dict(summary.get("sweep", {}))
+            for m in models:
+                if m.name not in sweep:
+                    sweep[m.name] = nvev.timestep_sweep(m.calc, system, cfg.sweep_timesteps_fs, cfg.sweep_ps, label=m.name,
+                                                        temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
+                                                        progress=cfg.progress)
+                    summary["sweep"] = sweep
+                    save()
+
+    if "md" in cfg.sections and any(f"{T:g}K" not in summary.get("md", {}) for T in cfg.md_temperatures_k):
+        with timed("md"):
+            md = dict(summary.get("md", {}))
+            for T in cfg.md_temperatures_k:
+                if f"{T:g}K" in md:
+                    continue
+                runs = {m.name: mdv.run_nvt(m.calc, system, T, cfg.md_steps, cfg.md_equilibration_steps,
+                                            cfg.md_timestep_fs, cfg.md_sample_interval, seed=cfg.seed,
+                                            progress=cfg.progress, label=m.name) for m in models}
+                rdfs = {k: mdv.rdf(r["frames"], cfg.rdf_r_max, cfg.rdf_bins) for k, r in runs.items() if r["frames"]}
+                msds = {k: mdv.msd(r["frames"], r["time_ps"]) for k, r in runs.items() if r["frames"]}
+                teacher_frames = mdv.subsample(runs[tmodel.name]["frames"][1:], cfg.parity_frames)
+                entry = {"temperature_k": T, "models": {}}
+                for m in models:
+                    r = runs[m.name]
+                    e = {"mean_temperature_k": float(np.mean(r["temperature_k"])) if r["temperature_k"] else None,
+                         "mean_potential_ev_atom": float(np.mean(r["potential_ev"]) / len(system)) if r["potential_ev"] else None,
+                         "failed": r["failed"], "seconds": r["seconds"], "rdf": rdfs.get(m.name), "msd": msds.get(m.name)}
+                    if m.role != "teacher" and m.name in rdfs:
+                        e["rdf_overlap"] = mdv.rdf_overlap(rdfs[tmodel.name]["g"], rdfs[m.name]["g"])
+                        e["msd_final_ratio"] = float(msds[m.name]["msd_a2"][-1] / max(msds[tmodel.name]["msd_a2"][-1], 1e-12))
+                        e["parity_on_teacher_frames"] = mdv.parity_on_frames(tmodel.calc, m.calc, teacher_frames)
+                    entry["models"][m.name] = e
+                md[f"{T:g}K"] = entry
+                summary["md"] = md
+                save()
+
+    if "throughput" in cfg.sections:
+        with timed("throughput"):
+            summary["throughput"] = _throughput(models, md_start, cfg, device, time_step, out)
+
+    summary["targets"] = _targets(summary, tmodel.name)
+    summary["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save()
+    write_report(summary, out)
+    return _strip(summary)
+
+
+def _compare(per_model: dict, teacher: str, keys, relative: bool = True) -> dict:
+    ref = per_model[teacher]
+    out = {"models": per_model, "relative_error": {}}
+    for name, v in per_model.items():
+        if name == teacher:
+            continue
+        out["relative_error"][name] = {k: (v[k] - ref[k]) / ref[k] if ref[k] else None for k in keys}
+    return out
+
+
+def _relax_comparison(res: dict, teacher: str) -> dict:
+    ref = res[teacher]
+    out = {"models": {}, "vs_teacher": {}}
+    for name, r in res.items():
+        rows = [r["from_input"]] + r["from_perturbed"]
+        out["models"][name] = {
+            "from_input": {k: v for k, v in r["from_input"].items() if k != "atoms"},
+            "from_perturbed": [{k: v for k, v in x.items() if k != "atoms"} for x in r["from_perturbed"]],
+            "mean_steps": float(np.mean([x["steps"] for x in rows])),
+            "all_converged": bool(all(x["converged"] for x in rows)),
+        }
+        if name == teacher:
+            continue
+        cmp_rows = []
+        for a, b in zip([ref["from_input"]] + ref["from_perturbed"], rows):
+            la, lb = np.array(a["cell_lengths_a"]), np.array(b["cell_lengths_a"])
+            cmp_rows.append({
+                "lattice_rel_error_max": float(np.abs(lb / la - 1).max()),
+                "volume_rel_error": (b["volume_per_atom_a3"] / a["volume_per_atom_a3"] - 1) if a["volume_per_atom_a3"] else None,
+                "energy_diff_mev_atom": 1e3 * (b["energy_per_atom_ev"] - a["energy_per_atom_ev"]),
+                "angle_diff_max_deg": float(np.abs(np.array(b["cell_angles_deg"]) - np.array(a["cell_angles_deg"])).max()),
+                "steps_teacher": a["steps"], "steps_student": b["steps"],
+            })
+        out["vs_teacher"][name] = {
+            "rows": cmp_rows,
+            "lattice_rel_error_max": max(r["lattice_rel_error_max"] for r in cmp_rows),
+            "lattice_rel_error_from_input": cmp_rows[0]["lattice_rel_error_max"],
+        }
+    return out
+
+
+def _available_backends(model: "Model", cfg: ValidateConfig) -> List[str]:
+    from orbdistill.calculator import exported_file
+
+    import torch
+
+    pkg = model.info.get("package")
+    out = []
+    for b in cfg.backends:
+        if b in ("torch", "compile") or (pkg and os.path.exists(exported_file(pkg, b, torch.float32))):
+            out.append(b)
+    return out
+
+
+def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workdir: Path) -> dict:
+    import tempfile
+
+    import torch
+    from ase.io import write
+    from tqdm.auto import tqdm
+
+    from orbdistill.calculator import StudentCalculator
+
+    from .memprobe import probe
+
+    entries: List[Tuple[str, str, Callable, Optional[str]]] = []
+    for m in models:
+        if m.role == "student":
+            for b in _available_backends(m, cfg):
+                spec = f"{m.info['probe_spec']}:{b}"
+                if b == "torch":
+                    entries.append((m.name, "torch", lambda m=m: m.calc, spec))
+                else:
+                    entries.append((f"{m.name} [{b}]", b, lambda m=m, b=b: StudentCalculator.from_package(
+                        m.info["package"], backend=b, device=device), spec))
+        else:
+            entries.append((m.name, "ase", lambda m=m: m.calc, m.info.get("probe_spec")))
+    if cfg.include_emt and _emt_covers(structure) and models[0].name != "emt":
+        from ase.calculators.emt import EMT
+
+        entries.append(("EMT (classical)", "ase", EMT, "emt"))
+    cuda = str(device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    rows = []
+    for name, backend, factory, spec in entries:
+        calc = factory()
+        for n in tqdm(cfg.throughput_sizes, desc=f"throughput {name}", disable=not cfg.progress, leave=False):
+            atoms = supercell(structure, n, at_least=False)
+            atoms.rattle(0.02, seed=cfg.seed)
+            try:
+                # 3 warm-up calls: TorchScript's profiling executor optimises on its second call
+                res = time_step(calc, atoms, repeats=cfg.throughput_repeats, warmup=3)
+                if cuda or not cfg.memory_probe or spec is None or backend == "compile":  # no recompiling per probe
+                    mem = step_memory(calc, atoms)
+                else:
+                    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+                        f = Path(tmp) / "structure.extxyz"
+                        write(f, atoms)
+                        mem = probe(spec, str(f), threads=torch.get_num_threads())
+            except Exception as exc:
+                log.warning("throughput %s at %d atoms failed: %s", name, len(atoms), exc)
+                rows.append({"model": name, "backend": backend, "n_atoms": len(atoms), "error": str(exc)[:300]})
+                break
+            rows.append({"model": name, "backend": backend, "n_atoms": len(atoms), **res, **mem})
+            if res["ms_per_step"] > 1e3 * cfg.max_step_seconds:
+                log.info("%s: %.1f s per step at %d atoms; larger sizes skipped", name, res["ms_per_step"] / 1e3, len(atoms))
+                break
+    teacher = models[0].name
+    speedups = []
+    for r in rows:
+        if r["model"] == teacher or "ms_per_step" not in r:
+            continue
+        t = next((x for x in rows if x["model"] == teacher and x["n_atoms"] == r["n_atoms"] and "ms_per_step" in x), None)
+        if t:
+            speedups.append({"model": r["model"], "n_atoms": r["n_atoms"], "speedup_over_teacher": t["ms_per_step"] / r["ms_per_step"]})
+    return {"rows": rows, "speedups": speedups, "repeats": cfg.throughput_repeats,
+            "protocol": "median of repeats of one energy+forces+stress call after a position change, after 3 warm-up calls"}
+
+
+def _targets(summary: dict, teacher: str) -> list:
+    """The issue's acceptance targets, evaluated for every student."""
+    rows = []
+    for name in summary["students"]:
+        nve = summary.get("nve", {}).get(name)
+        if nve:
+            rows.append({"model": name, "target": "NVE drift < 0.05 meV/atom/ps",
+                         "value": nve["abs_drift_mev_atom_ps"],
+                         "pass": nve["failed"] is None and nve["abs_drift_mev_atom_ps"] < 0.05,
+                         "detail": f"{nve['steps_completed']} of {nve['steps']} steps at {nve['timestep_fs']:g} fs"})
+        rel = summary.get("relax", {}).get("vs_teacher", {}).get(name)
+        if rel:
+            rows.append({"model": name, "target": "lattice within 0.3 % of the teacher",
+                         "value": 100 * rel["lattice_rel_error_max"], "pass": rel["lattice_rel_error_max"] < 0.003,
+                         "detail": "largest relative cell-length difference, %, over all relaxations"})
+        eos = summary.get("eos", {}).get("relative_error", {}).get(name)
+        if eos:
+            rows.append({"model": name, "target": "bulk modulus within 5 % of the teacher",
+                         "value": 100 * eos["bulk_modulus_gpa"], "pass": abs(eos["bulk_modulus_gpa"]) < 0.05,
+                         "detail": "relative difference, % (equation of state fit)"})
+        for key, entry in summary.get("md", {}).items():
+            e = entry["models"].get(name, {})
+            if "rdf_overlap" in e:
+                rows.append({"model": name, "target": f"RDF overlap > 0.95 ({key})", "value": e["rdf_overlap"],
+                             "pass": e["rdf_overlap"] > 0.95, "detail": "sum min(g) / sum max(g)"})
+    return rows

@@ -1,0 +1,246 @@
+"""Validation suite: NVE statistics, RDF/MSD, relaxation, EOS, elastic constants, the command."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+from orbdistill.validation import md as mdv
+from orbdistill.validation import nve as nvev
+from orbdistill.validation import relax as rv
+from orbdistill.validation.suite import ValidateConfig, supercell, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+V2 = ROOT / "calculators" / "cu-sevennet-v2"
+
+
+def cu(a=3.6, reps=2):
+    return bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
+
+
+class ScaledForces(Calculator):
+    """EMT with forces multiplied by a factor: not the gradient of its energy."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, factor=1.5, fail_after=None):
+        super().__init__()
+        self.emt, self.factor, self.fail_after, self.calls = EMT(), factor, fail_after, 0
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("model blew up")
+        a = atoms.copy()
+        a.calc = self.emt
+        self.results = {"energy": a.get_potential_energy(), "forces": self.factor * a.get_forces(),
+                        "stress": a.get_stress()}
+
+
+def test_drift_statistics_recover_slope_and_fluctuation(rng):
+    t = np.linspace(0, 10, 2001)  # ps
+    n = 50
+    noise = rng.normal(scale=0.2, size=t.size)  # meV/atom
+    e_total = (0.03e-3 * t + noise * 1e-3) * n  # eV: 0.03 meV/atom/ps drift plus 0.2 meV/atom noise
+    st = nvev.drift_statistics(t, e_total, n, drop_fraction=0.2)
+    assert st["drift_mev_atom_ps"] == pytest.approx(0.03, abs=0.01)
+    assert st["fluctuation_mev_atom"] == pytest.approx(0.2, rel=0.05)
+    assert st["points"] == t.size - int(0.2 * t.size)
+
+
+def test_emt_nve_conserves_energy_and_fluctuation_scales_as_dt_squared():
+    sw = nvev.timestep_sweep(EMT(), cu(), (0.5, 1.0, 2.0), simulated_ps=0.2, progress=False)
+    assert all(r["failed"] is None for r in sw["runs"])
+    assert 1.6 < sw["fluctuation_exponent"] < 2.4
+    run = nvev.run_nve(EMT(), cu(), steps=400, timestep_fs=1.0, progress=False)
+    assert run["failed"] is None and run["steps_completed"] == 400
+    assert run["abs_drift_mev_atom_ps"] < 0.05
+    assert run["max_net_momentum_amu_a_per_fs"] < 1e-8
+    # equipartition: a lattice started at 300 K settles near 150 K
+    assert 100 < run["mean_temperature_k"] < 200
+
+
+def test_nonconservative_forces_show_up_as_energy_drift():
+    good = nvev.run_nve(EMT(), cu(), steps=300, timestep_fs=2.0, progress=False)
+    bad = nvev.run_nve(ScaledForces(1.5), cu(), steps=300, timestep_fs=2.0, progress=False)
+    assert bad["fluctuation_mev_atom"] > 20 * good["fluctuation_mev_atom"] or \
+        bad["abs_drift_mev_atom_ps"] > 20 * good["abs_drift_mev_atom_ps"]
+
+
+def test_nve_failure_is_reported_with_the_step():
+    run = nvev.run_nve(ScaledForces(1.0, fail_after=55), cu(), steps=200, log_interval=10, progress=False)
+    assert run["failed"] and "RuntimeError" in run["failed"] and "model blew up" in run["failed"]
+    assert 40 <= run["steps_completed"] < 60
+
+
+def test_rdf_of_perfect_fcc_has_twelve_neighbours_at_a_over_sqrt2():
+    a = 3.6
+    r = mdv.rdf([cu(a, 3)], r_max=4.0, n_bins=400)
+    rr, g, cn = map(np.array, (r["r"], r["g"], r["coordination"]))
+    assert rr[np.argmax(g)] == pytest.approx(a / np.sqrt(2), abs=0.01)
+    assert cn[np.searchsorted(rr, 3.0)] == pytest.approx(12.0)
+    assert cn[np.searchsorted(rr, 3.7)] == pytest.approx(18.0)  # + 6 second neighbours at a
+    # g -> number density normalisation: integral of 4 pi r^2 rho g dr counts the neighbours
+    rho = len(cu(a, 3)) / cu(a, 3).get_volume()
+    dr = rr[1] - rr[0]
+    assert np.sum(4 * np.pi * rr ** 2 * rho * g * dr)[()] == pytest.approx(18.0, rel=0.02)
+
+
+def test_rdf_overlap_is_one_for_equal_structures_and_falls_with_mismatch(rng):
+    frames = []
+    for k in range(4):
+        at = cu(3.6, 3)
+        at.rattle(0.08, seed=k)
+        frames.append(at)
+    base = mdv.rdf(frames)
+    assert mdv.rdf_overlap(base["g"], base["g"]) == pytest.approx(1.0)
+    near = mdv.rdf([f.copy() for f in frames])
+    expanded = []
+    for f in frames:
+        x = f.copy()
+        x.set_cell(x.cell * 1.03, scale_atoms=True)
+        expanded.append(x)
+    far = mdv.rdf(expanded)
+    assert mdv.rdf_overlap(base["g"], near["g"]) == pytest.approx(1.0)
+    assert mdv.rdf_overlap(base["g"], far["g"]) < 0.8
+
+
+def test_msd_ignores_centre_of_mass_drift_and_measures_displacement():
+    at = cu(3.6, 2)
+    frames = [at.copy() for _ in range(3)]
+    frames[1].positions += [0.5, 0.0, 0.0]  # rigid translation: no diffusion
+    frames[2].positions[::2] += [0.3, 0.0, 0.0]  # half the atoms forward,
+    frames[2].positions[1::2] -= [0.3, 0.0, 0.0]  # half back (equal masses)
+    m = mdv.msd(frames, [0.0, 0.1, 0.2])
+    assert m["msd_a2"][1] == pytest.approx(0.0, abs=1e-12)
+    assert m["msd_a2"][2] == pytest.approx(0.09, rel=1e-9)
+
+
+def test_relaxation_from_perturbed_starts_finds_the_same_lattice():
+    ref = rv.relax(EMT(), bulk("Cu", "fcc", a=3.6, cubic=True), fmax=1e-3)
+    assert ref["converged"]
+    for seed in range(2):
+        r = rv.relax(EMT(), rv.perturbed(bulk("Cu", "fcc", a=3.6, cubic=True), seed=seed), fmax=1e-3)
+        assert r["converged"] and r["steps"] > ref["steps"]
+        assert r["volume_per_atom_a3"] == pytest.approx(ref["volume_per_atom_a3"], rel=1e-3)
+        assert r["energy_per_atom_ev"] == pytest.approx(ref["energy_per_atom_ev"], abs=1e-5)
+
+
+def test_bulk_modulus_from_eos_equals_elastic_constants():
+    """B from E(V) and B = (C11 + 2 C12) / 3 from stress-strain are independent routes."""
+    ref = rv.relax(EMT(), bulk("Cu", "fcc", a=3.6, cubic=True), fmax=1e-4)["atoms"]
+    eos = rv.equation_of_state(EMT(), ref, max_linear_strain=0.01, points=7)
+    el = rv.elastic_constants(EMT(), ref, strain=0.002)
+    assert eos["bulk_modulus_gpa"] == pytest.approx((el["c11_gpa"] + 2 * el["c12_gpa"]) / 3, rel=0.02)
+    c = np.array(el["c_gpa"])
+    assert el["symmetry_error_gpa"] < 0.5 and el["c44_gpa"] > 0 and el["c11_gpa"] > el["c12_gpa"] > 0
+    assert np.abs(c[:3, 3:]).max() < 0.5  # cubic: no normal-shear coupling
+
+
+def test_voigt_strain_uses_engineering_shear():
+    e = rv.voigt_strain_tensor(3, 0.01)
+    assert e[1, 2] == e[2, 1] == 0.005 and np.trace(e) == 0
+    assert rv.voigt_strain_tensor(0, 0.01)[0, 0] == 0.01
+
+
+def test_supercell_is_compact_and_reaches_the_target():
+    prim = bulk("Cu", "fcc", a=3.6)
+    sc = supercell(prim, 64)
+    assert len(sc) >= 64 and len(sc) <= 125
+    cub = bulk("Cu", "fcc", a=3.6, cubic=True)
+    assert len(supercell(cub, 100)) == 108
+    assert len(supercell(cub, 250, at_least=False)) == 256
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("val")
+    cfg = ValidateConfig.quick(progress=False, throughput_repeats=1, memory_probe=False)
+    summary = validate("emt", [str(V2)], out=out, config=cfg, threads=2)
+    return out, summary
+
+
+def test_validate_quick_writes_report_with_every_section(quick_report):
+    out, s = quick_report
+    for f in ("report.md", "report.json", "nve_energy.png", "nve_timestep.png", "throughput.png", "rdf.png",
+              "msd.png", "parity.png", "eos.png"):
+        assert (out / f).stat().st_size > 0, f
+    j = json.loads((out / "report.json").read_text())
+    assert set(j["nve"]) == {"emt", "cu-sevennet-v2"}
+    assert j["nve"]["cu-sevennet-v2"]["failed"] is None
+    md = j["md"]["600K"]["models"]["cu-sevennet-v2"]
+    assert 0.5 < md["rdf_overlap"] <= 1.0 and md["parity_on_teacher_frames"]["n_frames"] == 5
+    sizes = {r["n_atoms"] for r in j["throughput"]["rows"] if r["model"] == "cu-sevennet-v2"}
+    assert sizes == {32, 108}
+    assert any(s["model"] == "cu-sevennet-v2 [onnx]" for s in j["throughput"]["speedups"])
+    targets = {r["target"] for r in j["targets"]}
+    assert any("drift" in t for t in targets) and any("bulk modulus" in t for t in targets)
+    text = (out / "report.md").read_text()
+    assert "## Energy conservation" in text and "## Throughput" in text and "2 torch threads" in text
+
+
+def test_validate_resumes_finished_sections(quick_report):
+    out, s = quick_report
+    before = json.loads((out / "report.json").read_text())
+    cfg = ValidateConfig.quick(progress=False, sections=("nve", "md"))
+    again = validate("emt", [str(V2)], out=out, config=cfg, threads=2)
+    # nothing was rerun: identical series, and the throughput section from the first run is kept
+    assert again["nve"]["cu-sevennet-v2"]["total_ev"] == before["nve"]["cu-sevennet-v2"]["total_ev"]
+    assert again["timing_s"]["nve"] == before["timing_s"]["nve"]
+    assert again["throughput"]["rows"] == before["throughput"]["rows"]
+
+
+def test_validate_rejects_elements_the_student_was_not_trained_on(tmp_path):
+    with pytest.raises(ValueError, match="Al"):
+        validate("emt", [str(V2)], out=tmp_path, structure=bulk("Al", "fcc", a=4.05, cubic=True),
+                 config=ValidateConfig.quick(progress=False))
+    with pytest.raises(FileNotFoundError, match="no-such-package"):
+        validate("emt", [str(tmp_path / "no-such-package")], out=tmp_path, config=ValidateConfig.quick())
+
+
+def test_cli_validate_quick(tmp_path, capsys):
+    from orbdistill.cli import main
+
+    rc = main(["validate", "--teacher", "emt", "--student", str(V2), "--out", str(tmp_path), "--quick",
+               "--sections", "relax", "eos", "elastic", "--threads", "2"])
+    assert rc == 0
+    outp = capsys.readouterr().out
+    assert "bulk modulus within 5 %" in outp and "report.md" in outp
+    s = json.loads((tmp_path / "report.json").read_text())
+    assert "nve" not in s and s["eos"]["models"]["cu-sevennet-v2"]["bulk_modulus_gpa"] > 50
+
+
+def test_relax_workflow_relaxes_a_folder(tmp_path):
+    import csv
+    import runpy
+
+    from ase.io import read, write
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    a = bulk("Cu", "fcc", a=3.5, cubic=True)
+    a.rattle(0.05, seed=1)
+    write(folder / "cu_compressed.cif", a)
+    b = bulk("Cu", "fcc", a=3.7).repeat(2)
+    b.rattle(0.05, seed=2)
+    write(folder / "POSCAR_expanded", b, format="vasp")
+    write(folder / "al.extxyz", bulk("Al", "fcc", a=4.05))  # not a trained element: reported, not fatal
+    mod = runpy.run_path(str(ROOT / "workflows" / "relax_structures.py"))
+    rows = mod["main"]([str(V2), str(folder), "--out", str(tmp_path / "out"), "--fmax", "0.005"])
+    by = {r["file"]: r for r in rows}
+    assert "Al" in by["al.extxyz"]["error"]
+    vols = []
+    for name in ("cu_compressed.cif", "POSCAR_expanded"):
+        r = by[name]
+        assert r["converged"] and r["max_force_ev_a"] < 0.005 and r["energy_ev_atom"] < r["energy_start_ev_atom"]
+        vols.append(r["volume_a3_atom"])
+    assert vols[0] == pytest.approx(vols[1], rel=2e-3)  # both reach the same fcc minimum
+    relaxed = read(tmp_path / "out" / "cu_compressed_relaxed.extxyz")
+    assert abs(relaxed.get_volume() / len(relaxed) - vols[0]) < 1e-6
+    with open(tmp_path / "out" / "summary.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
