@@ -17,16 +17,7 @@ import subprocess
 import sys
 from typing import Optional
 
-
-def _status_mb(key: str) -> Optional[float]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+from orbdistill.profiling.memory import _reset_peak, _status_mb
 
 
 def calculator_from_spec(spec: str, device: str = "cpu"):
@@ -71,10 +62,7 @@ def main(argv=None) -> None:
     atoms = read(args.structure)
     atoms.calc = calculator_from_spec(args.spec)
     _step(atoms, 1e-4)
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
+    if not _reset_peak():
         print(json.dumps({"error": "cannot reset the high-water mark (/proc/self/clear_refs)"}))
         return
     before = _status_mb("VmRSS")

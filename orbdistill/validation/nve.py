@@ -117,7 +117,7 @@ def run_nve(
         rec["potential_ev"].append(float(epot))
         rec["kinetic_ev"].append(float(ekin))
         rec["total_ev"].append(float(epot + ekin))
-        rec["temperature_k"].append(float(ekin / (1.5 * n * units.kB)))
+        rec["temperature_k"].append(float(atoms.get_temperature()))
         max_mom = max(max_mom, float(np.linalg.norm(atoms.get_momenta().sum(axis=0))))
 
     failed: Optional[str] = None

@@ -110,37 +110,30 @@ def plot_throughput(summary: dict, path) -> None:
     _save(fig, path)
 
 
-def plot_rdf(summary: dict, path) -> None:
+def _plot_per_temperature(summary: dict, path, key: str, x: str, y: str, xlabel: str, ylabel: str, overlap: bool) -> None:
+    """One panel per NVT temperature, one curve per model."""
     plt = _plt()
     temps = list(summary["md"].keys())
     fig, axes = plt.subplots(1, len(temps), figsize=(6 * len(temps), 4.3), squeeze=False)
-    for ax, key in zip(axes[0], temps):
-        for name, e in summary["md"][key]["models"].items():
-            if e.get("rdf"):
-                lab = name + (f" (overlap {e['rdf_overlap']:.3f})" if "rdf_overlap" in e else "")
-                ax.plot(e["rdf"]["r"], e["rdf"]["g"], lw=1.0, label=lab)
-        ax.set_xlabel("r (Å)")
-        ax.set_ylabel("g(r)")
-        ax.set_title(f"NVT {key}", fontsize=10)
+    for ax, t in zip(axes[0], temps):
+        for name, e in summary["md"][t]["models"].items():
+            if e.get(key):
+                lab = name + (f" (overlap {e['rdf_overlap']:.3f})" if overlap and "rdf_overlap" in e else "")
+                ax.plot(e[key][x], e[key][y], lw=1.0, label=lab)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"NVT {t}", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_rdf(summary: dict, path) -> None:
+    _plot_per_temperature(summary, path, "rdf", "r", "g", "r (Å)", "g(r)", overlap=True)
 
 
 def plot_msd(summary: dict, path) -> None:
-    plt = _plt()
-    temps = list(summary["md"].keys())
-    fig, axes = plt.subplots(1, len(temps), figsize=(6 * len(temps), 4.3), squeeze=False)
-    for ax, key in zip(axes[0], temps):
-        for name, e in summary["md"][key]["models"].items():
-            if e.get("msd"):
-                ax.plot(e["msd"]["time_ps"], e["msd"]["msd_a2"], lw=1.0, label=name)
-        ax.set_xlabel("time (ps)")
-        ax.set_ylabel("MSD (Å²)")
-        ax.set_title(f"NVT {key}", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    _save(fig, path)
+    _plot_per_temperature(summary, path, "msd", "time_ps", "msd_a2", "time (ps)", "MSD (Å²)", overlap=False)
 
 
 def plot_parity(summary: dict, path) -> bool:
@@ -232,8 +225,11 @@ def write_report(summary: dict, out) -> dict:
         for r in rows:
             if "atom_steps_per_s" in r:
                 big[r["model"]] = r
-        md += ["Largest size each model ran: " + "; ".join(
-            f"{m} {r['n_atoms']} atoms, {r['atom_steps_per_s']:.3g} atom-steps/s, {_fmt(r.get('peak_step_mb'), '.4g')} MB" for m, r in big.items()), ""]
+        md += ["At the largest size each model ran (step memory: the extra resident memory of one step; process peak: "
+               "the whole process, model and libraries included; both from a fresh process on CPU):", "",
+               _table(["model", "atoms", "atom-steps/s", "step memory (MB)", "process peak (MB)"],
+                      [[m, r["n_atoms"], _fmt(r["atom_steps_per_s"], ".3g"), _fmt(r.get("peak_step_mb"), ".4g"),
+                        _fmt(r.get("peak_rss_mb"), ".4g")] for m, r in big.items()]), ""]
         plot_throughput(summary, out / "throughput.png")
         plots["throughput"] = "throughput.png"
         md += ["![throughput](throughput.png)", ""]

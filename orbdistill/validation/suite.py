@@ -160,45 +160,43 @@ def default_structure(species: Sequence[str]):
 def supercell(atoms, n_target: int, at_least: bool = True):
     """The most compact repetition of ``atoms`` with at least (or closest to) ``n_target`` atoms.
 
-    Repetitions are chosen to keep the three perpendicular widths of the supercell as equal
-    as possible; non-periodic axes are never repeated.
+    Repetitions are chosen to keep the perpendicular widths of the supercell as equal as
+    possible; non-periodic axes are never repeated (a molecule is returned as it is).
     """
     n0 = len(atoms)
-    if not all(atoms.pbc):
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
         return atoms.copy()
     cell = atoms.cell.array
     vol = abs(np.linalg.det(cell))
-    widths = np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
-    k = max(1.0, (n_target / n0) ** (1 / 3))
-    ideal = k * widths.mean() / widths * (np.prod(widths) ** (1 / 3) / widths.mean())
+    if pbc.all() and vol > 0:
+        widths = np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+    else:
+        widths = np.linalg.norm(cell, axis=1)
+    axes = np.flatnonzero(pbc)
+    w = widths[axes]
+    k = max(1.0, (n_target / n0) ** (1 / len(axes)))
+    ideal = k * np.prod(w) ** (1 / len(axes)) / w
     best, best_key = None, None
     ranges = [range(max(1, int(np.floor(x)) - 1), int(np.ceil(x)) + 2) for x in ideal]
     for reps in itertools.product(*ranges):
         n = n0 * int(np.prod(reps))
         if at_least and n < n_target:
             continue
-        w = widths * np.array(reps)
-        key = (abs(n - n_target) / n_target if not at_least else n / n_target) + 0.5 * (w.max() / w.min() - 1.0)
+        ws = w * np.array(reps)
+        key = (n / n_target if at_least else abs(n - n_target) / n_target) + 0.5 * (ws.max() / ws.min() - 1.0)
         if best_key is None or key < best_key:
             best, best_key = reps, key
     if best is None:
         best = tuple(int(np.ceil(x)) for x in ideal)
-    return atoms.repeat(best)
+    full = [1, 1, 1]
+    for ax, r in zip(axes, best):
+        full[ax] = int(r)
+    return atoms.repeat(full)
 
 
 # ----------------------------------------------------------------------------------------
 # memory
-
-def _status_mb(key: str) -> Optional[float]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
 
 def step_memory(calc, atoms) -> dict:
     """Extra memory one energy+forces+stress call needs (MB).
@@ -220,10 +218,9 @@ def step_memory(calc, atoms) -> dict:
         at.get_forces(), at.get_stress() if all(at.pbc) else None
         torch.cuda.synchronize()
         return {"peak_step_mb": (torch.cuda.max_memory_allocated() - base) / 2 ** 20, "method": "cuda max_memory_allocated"}
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
+    from orbdistill.profiling.memory import _reset_peak, _status_mb
+
+    if not _reset_peak():
         return {"peak_step_mb": None, "method": "unavailable (no /proc/self/clear_refs)"}
     base = _status_mb("VmRSS")
     at.get_forces()
@@ -564,15 +561,19 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
         entries.append(("EMT (classical)", "ase", EMT, "emt"))
     cuda = str(device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     rows = []
+    # supercells make the sizes; a structure without periodic axes keeps its own size
+    sizes = list(cfg.throughput_sizes) if any(structure.pbc) else [len(structure)]
     for name, backend, factory, spec in entries:
         calc = factory()
-        for n in tqdm(cfg.throughput_sizes, desc=f"throughput {name}", disable=not cfg.progress, leave=False):
+        for n in tqdm(sizes, desc=f"throughput {name}", disable=not cfg.progress, leave=False):
             atoms = supercell(structure, n, at_least=False)
             atoms.rattle(0.02, seed=cfg.seed)
             try:
                 # 3 warm-up calls: TorchScript's profiling executor optimises on its second call
                 res = time_step(calc, atoms, repeats=cfg.throughput_repeats, warmup=3)
-                if cuda or not cfg.memory_probe or spec is None or backend == "compile":  # no recompiling per probe
+                if backend == "compile" and not cuda:  # a fresh process would spend its time recompiling
+                    mem = {"peak_step_mb": None, "method": "not measured for compile on CPU"}
+                elif cuda or not cfg.memory_probe or spec is None:
                     mem = step_memory(calc, atoms)
                 else:
                     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
