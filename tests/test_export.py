@@ -194,8 +194,12 @@ def test_compile_backend_names_a_missing_compiler():
 
     m = build_student("v2", [29], num_features=8, num_vector_features=2, num_layers=1)
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    import torch._functorch.config as functorch_config
+
+    torch._dynamo.reset()  # code compiled by earlier tests would otherwise be reused
     try:
-        with inductor_config.patch({"fx_graph_cache": False, "cpp.cxx": ("no-such-compiler-xyz",)}):
+        with inductor_config.patch({"fx_graph_cache": False, "cpp.cxx": ("no-such-compiler-xyz",)}), \
+                functorch_config.patch({"enable_autograd_cache": False}):
             atoms.calc = StudentCalculator(CompileEngine(m, "cpu", torch.float32), device="cpu")
             with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*torchscript"):
                 atoms.get_forces()

@@ -244,3 +244,18 @@ def test_relax_workflow_relaxes_a_folder(tmp_path):
     assert abs(relaxed.get_volume() / len(relaxed) - vols[0]) < 1e-6
     with open(tmp_path / "out" / "summary.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 3
+
+
+def test_a_retrained_package_does_not_reuse_old_results(tmp_path):
+    import shutil
+
+    from orbdistill.validation.suite import _fingerprint
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(V2, pkg)
+    structure = bulk("Cu", "fcc", a=3.61, cubic=True)
+    cfg = ValidateConfig.quick()
+    before = _fingerprint("emt", [pkg], structure, cfg, "float32")
+    assert _fingerprint("emt", [pkg], structure, ValidateConfig.quick(sections=("nve",)), "float32") == before
+    (pkg / "model.pt").write_bytes((pkg / "model.pt").read_bytes() + b"\0")  # new weights, same path
+    assert _fingerprint("emt", [pkg], structure, cfg, "float32") != before

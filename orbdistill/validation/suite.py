@@ -273,7 +273,12 @@ def _fingerprint(teacher, students, structure, cfg: ValidateConfig, dtype: str) 
     import hashlib
 
     conf = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    payload = {"teacher": teacher, "students": [str(Path(s).resolve()) for s in students], "dtype": dtype,
+    def identity(pkg):  # a retrained package at the same path must not reuse old results
+        f = Path(pkg) / "model.pt"
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.exists() else None
+        return [str(Path(pkg).resolve()), digest]
+
+    payload = {"teacher": teacher, "students": [identity(s) for s in students], "dtype": dtype,
                "numbers": structure.numbers.tolist(), "positions": np.round(structure.positions, 6).tolist(),
                "cell": np.round(structure.cell.array, 6).tolist(), "pbc": structure.pbc.tolist(), "config": _strip(conf)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
