@@ -108,7 +108,8 @@ def cmd_validate(args) -> int:
     summary = validate(args.teacher, args.student, out=args.out, structure=args.structure, config=cfg,
                        device=args.device, teacher_weights=args.weights, threads=args.threads)
     for r in summary.get("targets", []):
-        print(f"{r['model']:>28}  {r['target']:<40} {r['value']:.4g}  {'pass' if r['pass'] else 'FAIL'}")
+        value = "-" if r["value"] is None else f"{r['value']:.4g}"
+        print(f"{r['model']:>28}  {r['target']:<40} {value:>10}  {'pass' if r['pass'] else 'FAIL'}  {r['detail']}")
     for s in summary.get("throughput", {}).get("speedups", []):
         if s["n_atoms"] == max(x["n_atoms"] for x in summary["throughput"]["speedups"] if x["model"] == s["model"]):
             print(f"{s['model']:>28}  {s['speedup_over_teacher']:.3g}x faster than {summary['teacher']} at {s['n_atoms']} atoms")

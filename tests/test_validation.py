@@ -259,3 +259,19 @@ def test_a_retrained_package_does_not_reuse_old_results(tmp_path):
     assert _fingerprint("emt", [pkg], structure, ValidateConfig.quick(sections=("nve",)), "float32") == before
     (pkg / "model.pt").write_bytes((pkg / "model.pt").read_bytes() + b"\0")  # new weights, same path
     assert _fingerprint("emt", [pkg], structure, cfg, "float32") != before
+
+
+def test_a_student_that_collapses_a_structure_is_reported_not_fatal(tmp_path):
+    """The Cu student was trained on bulk only; on a 13-atom cluster its MD falls apart.
+    The suite must record that (with the step) and still write its report."""
+    from ase.cluster import Icosahedron
+
+    cfg = ValidateConfig.quick(progress=False, sections=("relax", "nve", "md"))
+    s = validate("emt", [str(V2)], out=tmp_path, structure=Icosahedron("Cu", 2), config=cfg, threads=2)
+    nve = s["nve"]["cu-sevennet-v2"]
+    assert nve["failed"] and nve["steps_completed"] < nve["steps"]
+    assert s["nve"]["emt"]["failed"] is None
+    drift = next(r for r in s["targets"] if "drift" in r["target"])
+    assert drift["pass"] is False and "failed" in drift["detail"]
+    assert not any("lattice" in r["target"] for r in s["targets"])  # no cell to compare
+    assert (tmp_path / "report.md").exists() and "## Relaxation" in (tmp_path / "report.md").read_text()

@@ -51,10 +51,11 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
     bar = tqdm(total=total, desc=f"NVT {label} {temperature_k:g} K".strip(), disable=not progress, leave=False)
     done = 0
     try:
-        if equilibration_steps:
-            dyn.run(equilibration_steps)
-            done += equilibration_steps
-            bar.update(equilibration_steps)
+        while done < equilibration_steps:
+            chunk = min(sample_interval, equilibration_steps - done)
+            dyn.run(chunk)
+            done += chunk
+            bar.update(chunk)
         for k in range(0, steps + 1, sample_interval):
             if k:
                 dyn.run(sample_interval)
@@ -70,7 +71,7 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
                 failed = f"non-finite energy at step {done}"
                 break
     except Exception as exc:
-        failed = f"{type(exc).__name__} at step {done}: {exc}"
+        failed = f"{type(exc).__name__} within steps {done + 1}-{done + sample_interval}: {exc}"
         log.warning("NVT %s: %s", label, failed)
     finally:
         bar.close()

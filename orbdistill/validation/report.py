@@ -139,7 +139,8 @@ def plot_msd(summary: dict, path) -> None:
 def plot_parity(summary: dict, path) -> bool:
     plt = _plt()
     items = [(key, name, e["parity_on_teacher_frames"]) for key, entry in summary["md"].items()
-             for name, e in entry["models"].items() if e.get("parity_on_teacher_frames")]
+             for name, e in entry["models"].items()
+             if e.get("parity_on_teacher_frames") and not e["parity_on_teacher_frames"].get("failed")]
     if not items:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
@@ -164,6 +165,8 @@ def plot_eos(summary: dict, path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, e in summary["eos"]["models"].items():
+        if e.get("failed"):
+            continue
         v = np.array(e["volumes_a3"]) / e["n_atoms"]
         en = np.array(e["energies_ev"]) / e["n_atoms"]
         ax.plot(v, en - en.min(), "o-", ms=4, label=f"{name}: B = {e['bulk_modulus_gpa']:.1f} GPa")
@@ -266,6 +269,8 @@ def write_report(summary: dict, out) -> dict:
         for key, entry in summary["md"].items():
             for name, e in entry["models"].items():
                 p = e.get("parity_on_teacher_frames") or {}
+                if p.get("failed"):
+                    p = {}
                 rows.append([key, name, _fmt(e["mean_temperature_k"], ".0f"), _fmt(e["mean_potential_ev_atom"], ".5g"),
                              _fmt(e.get("rdf_overlap"), ".4f"), _fmt(e["msd"]["msd_a2"][-1] if e.get("msd") else None),
                              _fmt(e.get("msd_final_ratio")), _fmt(p.get("energy_mae_mev_atom_shift_removed")),
@@ -291,18 +296,24 @@ def write_report(summary: dict, out) -> dict:
         for name, m in rel["models"].items():
             r = m["from_input"]
             v = rel["vs_teacher"].get(name, {})
+            lat = v.get("lattice_rel_error_max")
+            if r.get("failed"):
+                rows.append([name, f"failed: {r['failed'][:80]}", "-", "-", "-", _fmt(m["mean_steps"], ".3g"), "no", "-", "-"])
+                continue
             rows.append([name, ", ".join(f"{x:.4f}" for x in r["cell_lengths_a"]), _fmt(r["volume_per_atom_a3"], ".5g"),
-                         _fmt(r["energy_per_atom_ev"], ".6g"), r["steps"], _fmt(m["mean_steps"], ".3g"), _fmt(m["all_converged"]),
-                         _fmt(100 * v["lattice_rel_error_max"], ".3f") if v else "-"])
+                         _fmt(r["energy_per_atom_ev"], ".6g"), r["steps"], _fmt(m["mean_steps"], ".3g"),
+                         _fmt(m["all_converged"]) + (f" ({m['failed']} failed)" if m.get("failed") else ""),
+                         _fmt(100 * lat, ".3f") if lat is not None else "-", _fmt(v.get("position_rmsd_max_a"), ".3g")])
         cfg = summary["config"]
         md += ["## Relaxation", "",
                f"{cfg['optimizer']} with FrechetCellFilter to fmax {cfg['relax_fmax']} eV/Å, from the input structure and "
                f"{cfg['relax_starts']} perturbed copies (rattle 0.05 Å, random strain up to 2 %).", "",
                _table(["model", "cell lengths (Å)", "V (Å³/atom)", "E (eV/atom)", "steps (input)", "mean steps", "converged",
-                       "max lattice error vs teacher (%)"], rows), ""]
+                       "max lattice error vs teacher (%)", "max position RMSD vs teacher (Å)"], rows), ""]
     if summary.get("eos"):
         eos = summary["eos"]
-        rows = [[n, _fmt(e["bulk_modulus_gpa"], ".4g"), _fmt(e["v0_a3"] / e["n_atoms"], ".5g"),
+        rows = [[n, f"failed: {e['failed'][:80]}", "-", "-"] if e.get("failed") else
+                [n, _fmt(e["bulk_modulus_gpa"], ".4g"), _fmt(e["v0_a3"] / e["n_atoms"], ".5g"),
                  _fmt(100 * eos["relative_error"][n]["bulk_modulus_gpa"], ".2f") if n in eos["relative_error"] else "-"]
                 for n, e in eos["models"].items()]
         md += ["## Equation of state", "", _table(["model", "B (GPa)", "V0 (Å³/atom)", "B error vs teacher (%)"], rows), ""]
@@ -313,6 +324,9 @@ def write_report(summary: dict, out) -> dict:
         el = summary["elastic"]
         rows = []
         for n, e in el["models"].items():
+            if e.get("failed"):
+                rows.append([n, f"failed: {e['failed'][:80]}", "-", "-", "-", "-", "-"])
+                continue
             err = el["relative_error"].get(n)
             rows.append([n, _fmt(e["c11_gpa"], ".4g"), _fmt(e["c12_gpa"], ".4g"), _fmt(e["c44_gpa"], ".4g"),
                          _fmt(e["bulk_modulus_voigt_gpa"], ".4g"), _fmt(e["symmetry_error_gpa"], ".2g"),

@@ -30,6 +30,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic")
+REPORT_SCHEMA = 2  # bump when the content of a section changes: older reports are not resumed
 
 
 @dataclass
@@ -278,7 +279,7 @@ def _fingerprint(teacher, students, structure, cfg: ValidateConfig, dtype: str) 
         digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.exists() else None
         return [str(Path(pkg).resolve()), digest]
 
-    payload = {"teacher": teacher, "students": [identity(s) for s in students], "dtype": dtype,
+    payload = {"schema": REPORT_SCHEMA, "teacher": teacher, "students": [identity(s) for s in students], "dtype": dtype,
                "numbers": structure.numbers.tolist(), "positions": np.round(structure.positions, 6).tolist(),
                "cell": np.round(structure.cell.array, 6).tolist(), "pbc": structure.pbc.tolist(), "config": _strip(conf)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -393,15 +394,17 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
         with timed("relax"):
             res = {}
             for m in models:
-                r0 = rv.relax(m.calc, structure, fmax=cfg.relax_fmax, steps=cfg.relax_steps, optimizer=cfg.optimizer)
-                relaxed[m.name] = r0["atoms"]
-                write(files[m.name].with_suffix(".tmp.extxyz"), r0["atoms"])
+                r0 = _guarded(rv.relax, m.calc, structure, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
+                              optimizer=cfg.optimizer)
+                # a model that cannot relax the input still gets EOS/elastic/MD from the input itself
+                relaxed[m.name] = r0.get("atoms", structure)
+                write(files[m.name].with_suffix(".tmp.extxyz"), relaxed[m.name])
                 os.replace(files[m.name].with_suffix(".tmp.extxyz"), files[m.name])
                 starts = []
                 if "relax" in cfg.sections:
                     for k in range(cfg.relax_starts):
                         start = rv.perturbed(structure, seed=cfg.seed + k)
-                        starts.append(rv.relax(m.calc, start, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
+                        starts.append(_guarded(rv.relax, m.calc, start, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
                                                optimizer=cfg.optimizer))
                 res[m.name] = {"from_input": r0, "from_perturbed": starts}
             summary["relax"] = _relax_comparison(res, tmodel.name)
@@ -412,13 +415,13 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
 
     if "eos" in cfg.sections and all(structure.pbc) and "eos" not in summary:
         with timed("eos"):
-            eos = {m.name: rv.equation_of_state(m.calc, relaxed[m.name], max_linear_strain=cfg.eos_max_strain,
-                                                points=cfg.eos_points, relax_ions=cfg.relax_ions) for m in models}
+            eos = {m.name: _guarded(rv.equation_of_state, m.calc, relaxed[m.name], max_linear_strain=cfg.eos_max_strain,
+                                    points=cfg.eos_points, relax_ions=cfg.relax_ions) for m in models}
             summary["eos"] = _compare(eos, tmodel.name, ("bulk_modulus_gpa", "v0_a3"), relative=True)
     if "elastic" in cfg.sections and all(structure.pbc) and "elastic" not in summary:
         with timed("elastic"):
-            el = {m.name: rv.elastic_constants(m.calc, relaxed[m.name], strain=cfg.elastic_strain,
-                                               relax_ions=cfg.relax_ions) for m in models}
+            el = {m.name: _guarded(rv.elastic_constants, m.calc, relaxed[m.name], strain=cfg.elastic_strain,
+                                   relax_ions=cfg.relax_ions) for m in models}
             summary["elastic"] = _compare(el, tmodel.name, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
                                           relative=True)
 
@@ -466,7 +469,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
                     if m.role != "teacher" and m.name in rdfs:
                         e["rdf_overlap"] = mdv.rdf_overlap(rdfs[tmodel.name]["g"], rdfs[m.name]["g"])
                         e["msd_final_ratio"] = float(msds[m.name]["msd_a2"][-1] / max(msds[tmodel.name]["msd_a2"][-1], 1e-12))
-                        e["parity_on_teacher_frames"] = mdv.parity_on_frames(tmodel.calc, m.calc, teacher_frames)
+                        e["parity_on_teacher_frames"] = _guarded(mdv.parity_on_frames, tmodel.calc, m.calc, teacher_frames)
                     entry["models"][m.name] = e
                 md[f"{T:g}K"] = entry
                 summary["md"] = md
@@ -483,11 +486,23 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     return _strip(summary)
 
 
+def _guarded(fn, *args, **kwargs) -> dict:
+    """``fn(...)``, or ``{"failed": reason}`` when the model raises (reported, not fatal:
+    a student far outside its training data may collapse a structure)."""
+    try:
+        out = fn(*args, **kwargs)
+        out.setdefault("failed", None)
+        return out
+    except Exception as exc:
+        log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+        return {"failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
 def _compare(per_model: dict, teacher: str, keys, relative: bool = True) -> dict:
     ref = per_model[teacher]
     out = {"models": per_model, "relative_error": {}}
     for name, v in per_model.items():
-        if name == teacher:
+        if name == teacher or v.get("failed") or ref.get("failed"):
             continue
         out["relative_error"][name] = {k: (v[k] - ref[k]) / ref[k] if ref[k] else None for k in keys}
     return out
@@ -498,28 +513,38 @@ def _relax_comparison(res: dict, teacher: str) -> dict:
     out = {"models": {}, "vs_teacher": {}}
     for name, r in res.items():
         rows = [r["from_input"]] + r["from_perturbed"]
+        ok = [x for x in rows if not x.get("failed")]
         out["models"][name] = {
             "from_input": {k: v for k, v in r["from_input"].items() if k != "atoms"},
             "from_perturbed": [{k: v for k, v in x.items() if k != "atoms"} for x in r["from_perturbed"]],
-            "mean_steps": float(np.mean([x["steps"] for x in rows])),
-            "all_converged": bool(all(x["converged"] for x in rows)),
+            "mean_steps": float(np.mean([x["steps"] for x in ok])) if ok else None,
+            "all_converged": bool(len(ok) == len(rows) and all(x["converged"] for x in ok)),
+            "failed": sum(1 for x in rows if x.get("failed")),
         }
         if name == teacher:
             continue
         cmp_rows = []
         for a, b in zip([ref["from_input"]] + ref["from_perturbed"], rows):
+            if a.get("failed") or b.get("failed"):
+                cmp_rows.append({"failed": b.get("failed") or f"teacher: {a['failed']}"})
+                continue
             la, lb = np.array(a["cell_lengths_a"]), np.array(b["cell_lengths_a"])
+            d = b["atoms"].positions - a["atoms"].positions
             cmp_rows.append({
                 "lattice_rel_error_max": float(np.abs(lb / la - 1).max()),
                 "volume_rel_error": (b["volume_per_atom_a3"] / a["volume_per_atom_a3"] - 1) if a["volume_per_atom_a3"] else None,
                 "energy_diff_mev_atom": 1e3 * (b["energy_per_atom_ev"] - a["energy_per_atom_ev"]),
                 "angle_diff_max_deg": float(np.abs(np.array(b["cell_angles_deg"]) - np.array(a["cell_angles_deg"])).max()),
+                "position_rmsd_a": float(np.sqrt((d ** 2).sum(1).mean())),
                 "steps_teacher": a["steps"], "steps_student": b["steps"],
             })
+        good = [c for c in cmp_rows if "failed" not in c]
         out["vs_teacher"][name] = {
             "rows": cmp_rows,
-            "lattice_rel_error_max": max(r["lattice_rel_error_max"] for r in cmp_rows),
-            "lattice_rel_error_from_input": cmp_rows[0]["lattice_rel_error_max"],
+            "failed": len(cmp_rows) - len(good),
+            "lattice_rel_error_max": max(c["lattice_rel_error_max"] for c in good) if good else None,
+            "position_rmsd_max_a": max(c["position_rmsd_a"] for c in good) if good else None,
+            "lattice_rel_error_from_input": good[0]["lattice_rel_error_max"] if good and "failed" not in cmp_rows[0] else None,
         }
     return out
 
@@ -614,13 +639,21 @@ def _targets(summary: dict, teacher: str) -> list:
             rows.append({"model": name, "target": "NVE drift < 0.05 meV/atom/ps",
                          "value": nve["abs_drift_mev_atom_ps"],
                          "pass": nve["failed"] is None and nve["abs_drift_mev_atom_ps"] < 0.05,
-                         "detail": f"{nve['steps_completed']} of {nve['steps']} steps at {nve['timestep_fs']:g} fs"})
+                         "detail": f"{nve['steps_completed']} of {nve['steps']} steps at {nve['timestep_fs']:g} fs"
+                                   + (f"; failed: {nve['failed'][:100]}" if nve["failed"] else "")})
         rel = summary.get("relax", {}).get("vs_teacher", {}).get(name)
-        if rel:
-            rows.append({"model": name, "target": "lattice within 0.3 % of the teacher",
-                         "value": 100 * rel["lattice_rel_error_max"], "pass": rel["lattice_rel_error_max"] < 0.003,
-                         "detail": "largest relative cell-length difference, %, over all relaxations"})
+        if rel and all(summary["structure"]["pbc"]):
+            if rel.get("failed") or rel.get("lattice_rel_error_max") is None:
+                rows.append({"model": name, "target": "lattice within 0.3 % of the teacher", "value": None, "pass": False,
+                             "detail": f"{rel.get('failed')} relaxation(s) failed"})
+            else:
+                rows.append({"model": name, "target": "lattice within 0.3 % of the teacher",
+                             "value": 100 * rel["lattice_rel_error_max"], "pass": rel["lattice_rel_error_max"] < 0.003,
+                             "detail": "largest relative cell-length difference, %, over all relaxations"})
         eos = summary.get("eos", {}).get("relative_error", {}).get(name)
+        if "eos" in summary and eos is None:
+            rows.append({"model": name, "target": "bulk modulus within 5 % of the teacher", "value": None, "pass": False,
+                         "detail": "equation of state failed"})
         if eos:
             rows.append({"model": name, "target": "bulk modulus within 5 % of the teacher",
                          "value": 100 * eos["bulk_modulus_gpa"], "pass": abs(eos["bulk_modulus_gpa"]) < 0.05,
