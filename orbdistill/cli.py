@@ -106,7 +106,7 @@ def cmd_validate(args) -> int:
         over["sections"] = tuple(s for s in SECTIONS if s not in args.skip)
     cfg = ValidateConfig.quick(**over) if args.quick else ValidateConfig(**over)
     summary = validate(args.teacher, args.student, out=args.out, structure=args.structure, config=cfg,
-                       device=args.device, teacher_weights=args.weights, threads=args.threads)
+                       device=args.device, teacher_weights=args.weights, threads=args.threads, dtype=args.dtype)
     for r in summary.get("targets", []):
         value = "-" if r["value"] is None else f"{r['value']:.4g}"
         print(f"{r['model']:>28}  {r['target']:<40} {value:>10}  {'pass' if r['pass'] else 'FAIL'}  {r['detail']}")
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     v.add_argument("--weights", default=None, help="teacher weights: a local checkpoint, or 'random' (Orb only)")
     v.add_argument("--threads", type=int, default=None, help="torch CPU threads (stated in the report)")
+    v.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="students' precision")
     v.set_defaults(func=cmd_validate)
 
     t = sub.add_parser("teachers", help="list teacher names")

@@ -207,12 +207,13 @@ def test_cli_validate_quick(tmp_path, capsys):
     from orbdistill.cli import main
 
     rc = main(["validate", "--teacher", "emt", "--student", str(V2), "--out", str(tmp_path), "--quick",
-               "--sections", "relax", "eos", "elastic", "--threads", "2"])
+               "--sections", "relax", "eos", "elastic", "--threads", "2", "--dtype", "float64"])
     assert rc == 0
     outp = capsys.readouterr().out
     assert "bulk modulus within 5 %" in outp and "report.md" in outp
     s = json.loads((tmp_path / "report.json").read_text())
     assert "nve" not in s and s["eos"]["models"]["cu-sevennet-v2"]["bulk_modulus_gpa"] > 50
+    assert s["environment"]["student_dtype"] == "float64"
 
 
 def test_relax_workflow_relaxes_a_folder(tmp_path):

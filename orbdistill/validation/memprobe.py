@@ -20,7 +20,7 @@ from typing import Optional
 from orbdistill.profiling.memory import _reset_peak, _status_mb
 
 
-def calculator_from_spec(spec: str, device: str = "cpu"):
+def calculator_from_spec(spec: str, device: str = "cpu", dtype: str = "float32"):
     """An ASE calculator from a probe SPEC (see the module docstring)."""
     kind, _, rest = spec.partition(":")
     if kind == "emt":
@@ -36,7 +36,7 @@ def calculator_from_spec(spec: str, device: str = "cpu"):
         from orbdistill.calculator import StudentCalculator
 
         path, _, backend = rest.rpartition(":")
-        return StudentCalculator.from_package(path, backend=backend or "torch", device=device)
+        return StudentCalculator.from_package(path, backend=backend or "torch", device=device, dtype=dtype)
     raise ValueError(f"Unknown model spec {spec!r}: use teacher:NAME, package:PATH:BACKEND or emt.")
 
 
@@ -53,6 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("spec")
     p.add_argument("structure")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="float32", help="students' precision")
     args = p.parse_args(argv)
     import torch
     from ase.io import read
@@ -60,7 +61,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     atoms = read(args.structure)
-    atoms.calc = calculator_from_spec(args.spec)
+    atoms.calc = calculator_from_spec(args.spec, dtype=args.dtype)
     _step(atoms, 1e-4)
     if not _reset_peak():
         print(json.dumps({"error": "cannot reset the high-water mark (/proc/self/clear_refs)"}))
@@ -73,9 +74,10 @@ def main(argv=None) -> None:
                       "method": "fresh process; VmHWM after resetting it minus VmRSS before the second step"}))
 
 
-def probe(spec: str, structure_file: str, threads: Optional[int] = None, timeout: float = 900.0) -> dict:
+def probe(spec: str, structure_file: str, threads: Optional[int] = None, timeout: float = 900.0,
+          dtype: str = "float32") -> dict:
     """Run the probe in a fresh process; returns its JSON (or ``{"error": ...}``)."""
-    cmd = [sys.executable, "-m", "orbdistill.validation.memprobe", spec, str(structure_file)]
+    cmd = [sys.executable, "-m", "orbdistill.validation.memprobe", spec, str(structure_file), "--dtype", dtype]
     if threads:
         cmd += ["--threads", str(threads)]
     try:

@@ -134,7 +134,7 @@ def build_models(teacher: str, students: Sequence, device: Optional[str] = None,
         card = read_card(p)
         models.append(Model(_package_name(p), "student",
                             (lambda p=p: StudentCalculator.from_package(p, device=device, dtype=dtype)),
-                            info={"package": str(p), "probe_spec": f"package:{p}", "kind": card.get("student", {}).get("kind"),
+                            info={"package": str(p), "probe_spec": f"package:{p}", "dtype": dtype, "kind": card.get("student", {}).get("kind"),
                                   "params": card.get("student", {}).get("params"), "species": card.get("species"),
                                   "card_metrics": card.get("metrics")}))
     return models
@@ -287,7 +287,7 @@ def _fingerprint(teacher, students, structure, cfg: ValidateConfig, dtype: str) 
 
 def validate(teacher: str, students: Sequence, out, structure=None, config: Optional[ValidateConfig] = None,
              device: Optional[str] = None, teacher_weights: Optional[str] = None, threads: Optional[int] = None,
-             resume: bool = True) -> dict:
+             resume: bool = True, dtype: str = "float32") -> dict:
     """Run the validation suite and write ``out/report.json``, ``out/report.md`` and plots.
 
     Args:
@@ -299,6 +299,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
         config: a :class:`ValidateConfig` (default: the full protocol)
         device: "cpu" or "cuda" (default: CUDA when available)
         threads: torch CPU threads (recorded in the report)
+        dtype: the students' precision, "float32" (default, what users run) or "float64"
         resume: reuse finished sections (and finished models within a section) of an
             existing ``out/report.json`` made with the same teacher, students, structure and
             protocol; sections run later are merged into the same report
@@ -321,7 +322,9 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     out.mkdir(parents=True, exist_ok=True)
     if not students:
         raise ValueError("validate needs at least one student package")
-    models = build_models(teacher, students, device=device, teacher_weights=teacher_weights)
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    models = build_models(teacher, students, device=device, dtype=dtype, teacher_weights=teacher_weights)
     tmodel = models[0]
     if structure is None:
         species = sorted({s for m in models[1:] for s in (m.info.get("species") or [])})
@@ -338,7 +341,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
         m.calc.check_species(structure)
 
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    fingerprint = _fingerprint(teacher, students, structure, cfg, "float32")
+    fingerprint = _fingerprint(teacher, students, structure, cfg, dtype)
     prev = {}
     if resume and (out / "report.json").exists():
         try:
@@ -357,7 +360,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
         "structure": {"formula": structure.get_chemical_formula(), "n_atoms": len(structure),
                       "pbc": structure.pbc.tolist(), "cell": structure.cell.array.tolist()},
         "config": _strip(dataclasses.asdict(cfg)),
-        "environment": {"device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "environment": {"device": dev, "student_dtype": dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                         "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
                         "started": time.strftime("%Y-%m-%d %H:%M:%S")},
@@ -555,9 +558,10 @@ def _available_backends(model: "Model", cfg: ValidateConfig) -> List[str]:
     import torch
 
     pkg = model.info.get("package")
+    dt = getattr(torch, model.info.get("dtype", "float32"))
     out = []
     for b in cfg.backends:
-        if b in ("torch", "compile") or (pkg and os.path.exists(exported_file(pkg, b, torch.float32))):
+        if b in ("torch", "compile") or (pkg and os.path.exists(exported_file(pkg, b, dt))):
             out.append(b)
     return out
 
@@ -582,7 +586,7 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
                     entries.append((m.name, "torch", lambda m=m: m.calc, spec))
                 else:
                     entries.append((f"{m.name} [{b}]", b, lambda m=m, b=b: StudentCalculator.from_package(
-                        m.info["package"], backend=b, device=device), spec))
+                        m.info["package"], backend=b, device=device, dtype=m.info["dtype"]), spec))
         else:
             entries.append((m.name, "ase", lambda m=m: m.calc, m.info.get("probe_spec")))
     if cfg.include_emt and _emt_covers(structure) and models[0].name != "emt":
@@ -609,7 +613,7 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
                     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
                         f = Path(tmp) / "structure.extxyz"
                         write(f, atoms)
-                        mem = probe(spec, str(f), threads=torch.get_num_threads())
+                        mem = probe(spec, str(f), threads=torch.get_num_threads(), dtype=models[-1].info.get("dtype", "float32"))
             except Exception as exc:
                 log.warning("throughput %s at %d atoms failed: %s", name, len(atoms), exc)
                 rows.append({"model": name, "backend": backend, "n_atoms": len(atoms), "error": str(exc)[:300]})
