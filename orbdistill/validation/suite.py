@@ -208,25 +208,24 @@ def step_memory(calc, atoms) -> dict:
     """
     import torch
 
+    from orbdistill.profiling.memory import _reset_peak, _status_mb
+
+    from .memprobe import _step
+
     at = atoms.copy()
     at.calc = calc
-    at.positions = at.positions + 1e-4
     dev = str(getattr(calc, "device", "cpu"))
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        at.get_forces(), at.get_stress() if all(at.pbc) else None
+        _step(at, 1e-4)
         torch.cuda.synchronize()
         return {"peak_step_mb": (torch.cuda.max_memory_allocated() - base) / 2 ** 20, "method": "cuda max_memory_allocated"}
-    from orbdistill.profiling.memory import _reset_peak, _status_mb
-
     if not _reset_peak():
         return {"peak_step_mb": None, "method": "unavailable (no /proc/self/clear_refs)"}
     base = _status_mb("VmRSS")
-    at.get_forces()
-    if all(at.pbc):
-        at.get_stress()
+    _step(at, 1e-4)
     peak = _status_mb("VmHWM")
     return {"peak_step_mb": max(0.0, peak - base), "method": "VmHWM - VmRSS before the step (Linux, same process)"}
 
