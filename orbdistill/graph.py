@@ -7,7 +7,7 @@ traced, scripted and exported:
 =================  ==============  ====================================================
 field              shape           meaning
 =================  ==============  ====================================================
-``positions``      ``[N, 3]``      Cartesian positions (Å)
+``positions``      ``[N, 3]``      Cartesian positions (Å), see below
 ``atomic_numbers`` ``[N]``         atomic numbers Z (int64)
 ``edge_index``     ``[2, E]``      (centre i, neighbour j) pairs; row 0 is the sender
 ``cell_shifts``    ``[E, 3]``      integer lattice translation of neighbour j (int64)
@@ -16,6 +16,11 @@ field              shape           meaning
 ``batch``          ``[N]``         structure index of every atom (int64)
 ``n_atoms``        ``[B]``         atoms per structure (int64)
 =================  ==============  ====================================================
+
+Positions are wrapped into the cell along periodic axes and centred, in float64, before
+they are cast to the model's dtype (:func:`local_positions`): edge vectors are unchanged,
+and float32 keeps its resolution for structures far from the origin or atoms that
+diffused many cells away.
 
 The edge vector is ``r_ij = x_j - x_i + S_ij @ cell`` (the convention of orb-models:
 vectors point from the sender, the centre atom, to the receiver).
@@ -35,12 +40,20 @@ import torch
 
 log = logging.getLogger(__name__)
 
+#: The model inputs, in the order every model, engine and exported file takes them.
+GRAPH_INPUTS = ("positions", "atomic_numbers", "edge_index", "cell_shifts", "cell", "batch")
+
 __all__ = [
     "AtomGraph",
     "build_graph",
     "neighbour_list",
     "edge_vectors",
     "validate_structure",
+    "StructureGraph",
+    "structure_graph",
+    "batch_graphs",
+    "GraphBuilder",
+    "GRAPH_INPUTS",
 ]
 
 
@@ -96,8 +109,13 @@ class AtomGraph:
         """Edge vectors ``r_ij`` [E, 3] (Å), differentiable w.r.t. positions and cell."""
         return edge_vectors(self.positions, self.cell, self.edge_index, self.cell_shifts, self.batch)
 
+    def inputs(self) -> tuple:
+        """The model inputs (:data:`GRAPH_INPUTS`), in order: what ``model.atomic_energies``,
+        the exported TorchScript and ONNX files and the compiled engine take."""
+        return (self.positions, self.atomic_numbers, self.edge_index, self.cell_shifts, self.cell, self.batch)
+
     def as_dict(self) -> dict:
-        """The tensors as a plain dictionary (the form exported models take)."""
+        """All tensors as a plain dictionary."""
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
@@ -278,6 +296,117 @@ def _as_list(structures) -> list:
     return [structures]
 
 
+def lattice_offsets(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
+    """Integer lattice translations ``n`` [N, 3] that bring every atom into the cell along its
+    periodic axes (``positions - n @ cell``); zero along non-periodic axes."""
+    n = np.zeros((len(positions), 3), dtype=np.int64)
+    if not pbc.any() or len(positions) == 0:
+        return n
+    box = _complete_cell(cell, pbc, positions, cutoff)
+    frac = positions @ np.linalg.inv(box)
+    n[:, pbc] = np.floor(frac[:, pbc]).astype(np.int64)
+    return n
+
+
+def local_positions(positions: np.ndarray, cell: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Positions in the frame the models see, in float64: atoms moved back into the cell by
+    their lattice ``offsets`` and the whole structure shifted so its centroid is at the origin.
+
+    Neither move changes an edge vector, so energies, forces and stress are unchanged;
+    what changes is the size of the numbers. Cast to float32 afterwards, a coordinate of
+    1e4 Å would keep only ~1e-3 Å of resolution; wrapped and centred, every coordinate
+    is at most the size of the cell or the molecule.
+    """
+    x = positions - offsets @ cell
+    return x - x.mean(axis=0) if len(x) else x
+
+
+@dataclass
+class StructureGraph:
+    """One structure and its neighbour list, in numpy float64 (before batching).
+
+    ``positions`` are :func:`local_positions` (wrapped, centred); ``edge_index`` [2, E] and
+    ``cell_shifts`` [E, 3] refer to them; ``offsets`` [N, 3] are the lattice translations
+    that took the input positions there.
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    edge_index: np.ndarray
+    cell_shifts: np.ndarray
+    offsets: np.ndarray
+    distances: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+
+def _raise_overlap(i: int, j: int, d: float, min_distance: float):
+    raise ValueError(
+        f"Atoms {i} and {j} are {d:.3f} Å apart (below {min_distance} Å): overlapping "
+        "atoms; the structure is unphysical and the model output would be meaningless."
+    )
+
+
+def structure_graph(
+    atoms,
+    cutoff: float,
+    max_neighbors: Optional[int] = None,
+    backend: str = "auto",
+    min_distance: Optional[float] = None,
+) -> StructureGraph:
+    """Validate ``atoms`` and build its :class:`StructureGraph` (float64 throughout)."""
+    validate_structure(atoms)
+    raw = np.asarray(atoms.positions, dtype=np.float64)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    offsets = lattice_offsets(raw, cell, pbc, cutoff)
+    positions = local_positions(raw, cell, offsets)
+    i, j, s, d = neighbour_list(positions, cell, pbc, cutoff, max_neighbors, backend)
+    if min_distance is not None and len(d) and d.min() < min_distance:
+        k = int(np.argmin(d))
+        _raise_overlap(int(i[k]), int(j[k]), float(d[k]), min_distance)
+    return StructureGraph(positions=positions, numbers=np.asarray(atoms.numbers, dtype=np.int64), cell=cell, pbc=pbc,
+                          edge_index=np.stack([i, j]), cell_shifts=s.reshape(-1, 3), offsets=offsets, distances=d)
+
+
+def batch_graphs(
+    graphs: Sequence[StructureGraph],
+    cutoff: float = 0.0,
+    max_neighbors: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device, None] = None,
+) -> AtomGraph:
+    """Concatenate structure graphs into one :class:`AtomGraph` (the only batching path)."""
+    if len(graphs) == 0:
+        raise ValueError("A batch needs at least one structure.")
+    offset = 0
+    edge_index, batch = [], []
+    for b, g in enumerate(graphs):
+        edge_index.append(g.edge_index + offset)
+        batch.append(np.full(g.n_atoms, b, dtype=np.int64))
+        offset += g.n_atoms
+
+    def t(x, dt=None):
+        return torch.as_tensor(x, dtype=dt, device=device)
+
+    return AtomGraph(
+        positions=t(np.concatenate([g.positions for g in graphs]), dtype),
+        atomic_numbers=t(np.concatenate([g.numbers for g in graphs])),
+        edge_index=t(np.concatenate(edge_index, axis=1)),
+        cell_shifts=t(np.concatenate([g.cell_shifts for g in graphs]).reshape(-1, 3)),
+        cell=t(np.stack([g.cell for g in graphs]), dtype),
+        pbc=t(np.stack([g.pbc for g in graphs])),
+        batch=t(np.concatenate(batch)),
+        n_atoms=t(np.asarray([g.n_atoms for g in graphs], dtype=np.int64)),
+        cutoff=float(cutoff),
+        max_neighbors=max_neighbors,
+    )
+
+
 def build_graph(
     structures,
     cutoff: float,
@@ -294,7 +423,8 @@ def build_graph(
         cutoff: neighbour radius (Å)
         max_neighbors: optional cap of k nearest neighbours per atom (Orb convention)
         device: torch device of the returned tensors
-        dtype: floating dtype of positions and cell (the neighbour list itself is float64)
+        dtype: floating dtype of positions and cell (the neighbour list, the wrapping and
+            centring of positions are float64; only the result is cast)
         min_distance: raise ``ValueError`` if two atoms are closer than this (Å)
     Returns:
         AtomGraph
@@ -308,46 +438,96 @@ def build_graph(
     atoms_list = _as_list(structures)
     if len(atoms_list) == 0:
         raise ValueError("build_graph needs at least one structure.")
-    pos_l, z_l, ei_l, sh_l, cell_l, pbc_l, batch_l, n_l = [], [], [], [], [], [], [], []
-    offset = 0
-    for b, atoms in enumerate(atoms_list):
+    graphs = [structure_graph(a, cutoff, max_neighbors, backend, min_distance) for a in atoms_list]
+    return batch_graphs(graphs, cutoff, max_neighbors, dtype=dtype, device=device)
+
+
+class GraphBuilder:
+    """Graphs for one structure that changes step by step (MD, relaxation), with a
+    Verlet skin: the neighbour list is built with ``cutoff + skin`` and reused while no pair
+    outside it can have come within ``cutoff``.
+
+    The reuse test accounts for both atom motion and cell deformation. With ``C0`` the cell
+    of the last build and ``C`` the current one, ``F = C0^-1 C`` maps vectors of the build
+    frame to the current one, and every atom's displacement ``u`` is measured in the build
+    frame (current positions mapped back by ``F^-1``). A pair at least ``cutoff + skin``
+    apart at the build is now at least ``s_min(F) (cutoff + skin - 2 max|u|)`` apart,
+    ``s_min`` the smallest singular value of ``F``; the list is reused while that is at least
+    ``cutoff``. Cell shifts are integers, so a reused list holds with the new cell: the
+    graph takes the current cell and positions at every call. Edges beyond ``cutoff``
+    contribute exactly zero (every student's envelope vanishes there).
+
+    With ``skin=0`` or a neighbour cap (k nearest neighbours change discontinuously) the
+    list is built at every call. ``n_calls`` and ``n_builds`` count calls and rebuilds.
+    """
+
+    def __init__(self, cutoff: float, max_neighbors: Optional[int] = None, skin: float = 0.0,
+                 min_distance: Optional[float] = None, dtype: torch.dtype = torch.float32, device=None):
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff!r}")
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin!r}")
+        self.cutoff = float(cutoff)
+        self.max_neighbors = max_neighbors
+        self.skin = float(skin) if max_neighbors is None else 0.0
+        self.min_distance = min_distance
+        self.dtype, self.device = dtype, device
+        self.n_calls = 0
+        self.n_builds = 0
+        self._cache = None
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def __call__(self, atoms) -> AtomGraph:
+        self.n_calls += 1
+        if self.skin == 0.0:
+            self.n_builds += 1
+            return build_graph(atoms, self.cutoff, self.max_neighbors, self.device, self.dtype,
+                               min_distance=self.min_distance)
         validate_structure(atoms)
-        positions = np.asarray(atoms.positions, dtype=np.float64)
+        g = self._reuse(atoms)
+        if g is not None:
+            return g
+        self.n_builds += 1
+        sg = structure_graph(atoms, self.cutoff + self.skin, None, min_distance=self.min_distance)
+        graph = batch_graphs([sg], self.cutoff + self.skin, None, dtype=self.dtype, device=self.device)
+        # reference: the build's positions moved by the same lattice offsets, uncentred (float64)
+        reference = np.asarray(atoms.positions, dtype=np.float64) - sg.offsets @ sg.cell
+        self._cache = {"numbers": sg.numbers.copy(), "pbc": sg.pbc.copy(), "cell": sg.cell.copy(),
+                       "offsets": sg.offsets, "reference": reference, "sg": sg, "graph": graph}
+        return graph
+
+    def _reuse(self, atoms) -> Optional[AtomGraph]:
+        c = self._cache
+        if c is None or len(atoms) != len(c["numbers"]) or not np.array_equal(atoms.numbers, c["numbers"]) \
+                or not np.array_equal(atoms.pbc, c["pbc"]):
+            return None
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        i, j, s, d = neighbour_list(positions, cell, pbc, cutoff, max_neighbors, backend)
-        if min_distance is not None and len(d) and d.min() < min_distance:
+        x = np.asarray(atoms.positions, dtype=np.float64) - c["offsets"] @ cell
+        if np.array_equal(cell, c["cell"]):
+            s_min, back = 1.0, x
+        else:
+            if abs(np.linalg.det(cell)) < 1e-8 or abs(np.linalg.det(c["cell"])) < 1e-8:
+                return None  # a cell without volume changed: no frame to compare in
+            F = np.linalg.solve(c["cell"], cell)  # C0^-1 C
+            s_min = float(np.linalg.svd(F, compute_uv=False).min())
+            back = x @ np.linalg.inv(F)
+        u = float(np.sqrt(((back - c["reference"]) ** 2).sum(axis=1).max()))
+        if s_min * (self.cutoff + self.skin - 2.0 * u) < self.cutoff:
+            return None
+        sg = c["sg"]
+        positions = x - x.mean(axis=0)
+        if self.min_distance is not None and sg.edge_index.shape[1]:
+            i, j = sg.edge_index
+            d = np.linalg.norm(positions[j] - positions[i] + sg.cell_shifts @ cell, axis=1)
             k = int(np.argmin(d))
-            raise ValueError(
-                f"Atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart (below {min_distance} Å): overlapping "
-                "atoms; the structure is unphysical and the model output would be meaningless."
-            )
-        n = len(atoms)
-        pos_l.append(positions)
-        z_l.append(np.asarray(atoms.numbers, dtype=np.int64))
-        ei_l.append(np.stack([i + offset, j + offset]))
-        sh_l.append(s)
-        cell_l.append(cell)
-        pbc_l.append(pbc)
-        batch_l.append(np.full(n, b, dtype=np.int64))
-        n_l.append(n)
-        offset += n
-
-    def t(x, dt=None):
-        return torch.as_tensor(x, dtype=dt, device=device)
-
-    return AtomGraph(
-        positions=t(np.concatenate(pos_l), dtype),
-        atomic_numbers=t(np.concatenate(z_l)),
-        edge_index=t(np.concatenate(ei_l, axis=1)),
-        cell_shifts=t(np.concatenate(sh_l).reshape(-1, 3)),
-        cell=t(np.stack(cell_l), dtype),
-        pbc=t(np.stack(pbc_l)),
-        batch=t(np.concatenate(batch_l)),
-        n_atoms=t(np.asarray(n_l, dtype=np.int64)),
-        cutoff=float(cutoff),
-        max_neighbors=max_neighbors,
-    )
+            if d[k] < self.min_distance:
+                _raise_overlap(int(i[k]), int(j[k]), float(d[k]), self.min_distance)
+        g = c["graph"]
+        g.positions = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
+        g.cell = torch.as_tensor(cell[None], dtype=self.dtype, device=self.device)
+        return g
 
 
 def min_pair_distance(structures: Iterable, probe: float = 1.0) -> float:

@@ -1,27 +1,23 @@
 """The whole job: teacher + seeds -> labelled data -> trained student -> package.
 
-A distillation config (JSON or TOML) has these sections; unknown keys are errors:
+A distillation config (JSON, YAML or TOML; checked whole by
+:func:`orbdistill.config.load_distill_config` before any work starts) has these sections:
 
-.. code-block:: json
+.. code-block:: yaml
 
-    {
-      "name": "cu-sevennet-v2",
-      "teacher": {"name": "sevennet-0", "weights": null},
-      "student": {"kind": "v2", "species": null, "overrides": {"num_features": 64}},
-      "generate": {"seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32, 108], ...},
-      "train": {"epochs": 60, "batch_size": 8, ...},
-      "split": [0.8, 0.1, 0.1],
-      "work_dir": "runs/cu-sevennet-v2",
-      "package_dir": "calculators/cu-sevennet-v2",
-      "device": "cpu"
-    }
-
-Relative paths in ``generate.seeds`` are taken relative to the config file.
+    name: cu-sevennet-v2
+    teacher: {name: sevennet-0}            # weights: a local Orb checkpoint, or "random"
+    student: {kind: v2, overrides: {num_features: 64}}
+    generate: {seeds: [../data/structures/Cu_fcc.cif], sizes: [32, 108]}
+    train: {epochs: 60, batch_size: 8}
+    split: [0.8, 0.1, 0.1]
+    work_dir: ../runs/cu-sevennet-v2       # relative paths: relative to this file
+    package_dir: ../calculators/cu-sevennet-v2
+    device: cpu                            # also the training device unless train.device says
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -29,60 +25,18 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
+from orbdistill.config import load_distill_config
 from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
 from orbdistill.data.generate import GenerateConfig, generate, read_frames
 from orbdistill.training.trainer import TrainConfig, Trainer, evaluate
+from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = {"name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads"}
-TEACHER_KEYS = {"name", "weights", "precision"}
-STUDENT_KEYS = {"kind", "species", "overrides", "init_from_teacher"}
-
 
 def load_config(source: Union[str, os.PathLike, dict]) -> dict:
-    """Read and validate a distillation config (a dict, or a .json/.toml file)."""
-    base_dir = Path(".")
-    if isinstance(source, dict):
-        cfg = copy.deepcopy(source)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"Config file {path} does not exist.")
-        base_dir = path.parent
-        text = path.read_text()
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-            cfg = tomllib.loads(text)
-        else:
-            try:
-                cfg = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"Config {path} is not valid JSON: {exc}") from exc
-    unknown = sorted(set(cfg) - TOP_KEYS)
-    if unknown:
-        raise ValueError(f"Unknown config keys {unknown}; valid top-level keys: {sorted(TOP_KEYS)}")
-    for key, allowed in (("teacher", TEACHER_KEYS), ("student", STUDENT_KEYS)):
-        bad = sorted(set(cfg.get(key, {})) - allowed)
-        if bad:
-            raise ValueError(f"Unknown keys {bad} in '{key}'; valid: {sorted(allowed)}")
-    if "name" not in cfg or "teacher" not in cfg or "name" not in cfg["teacher"]:
-        raise ValueError("A config needs 'name' and 'teacher': {'name': ...}.")
-    GenerateConfig.from_dict(cfg.get("generate", {}))  # validate early
-    TrainConfig.from_dict(cfg.get("train", {}))
-    seeds = cfg.get("generate", {}).get("seeds")
-    if seeds:
-        cfg["generate"]["seeds"] = [
-            s if (str(s).startswith("bulk:") or os.path.isabs(str(s))) else str((base_dir / s).resolve()) for s in seeds
-        ]
-    cfg.setdefault("work_dir", f"runs/{cfg['name']}")
-    cfg.setdefault("package_dir", f"calculators/{cfg['name']}")
-    cfg.setdefault("split", [0.8, 0.1, 0.1])
-    cfg.setdefault("student", {"kind": "v2"})
-    return cfg
+    """Read and validate a distillation config (see :func:`orbdistill.config.load_distill_config`)."""
+    return load_distill_config(source)
 
 
 def _teacher(cfg: dict):
@@ -103,7 +57,7 @@ def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Opti
 def _student(cfg: dict, frames, teacher=None):
     from orbdistill.models import build_student, v1_from_orb
 
-    s = cfg.get("student", {})
+    s = cfg["student"]
     species = s.get("species") or sorted({int(z) for f in frames for z in f.numbers})
     kind = s.get("kind", "v2")
     overrides = dict(s.get("overrides", {}))
@@ -132,7 +86,9 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
     model = _student(cfg, frames, teacher)
     samples = [frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f, test_f)]
-    trainer = Trainer(model, samples[0], samples[1], tcfg, Path(cfg["work_dir"]) / "train", progress=progress)
+    # a student copied from the teacher keeps the teacher's normalisation (it reproduces the teacher at epoch 0)
+    trainer = Trainer(model, samples[0], samples[1], tcfg, Path(cfg["work_dir"]) / "train", progress=progress,
+                      fit_normalization=not cfg["student"].get("init_from_teacher"))
     if trainer.resume() and log_fn:
         log_fn(f"resumed training at epoch {trainer.epoch}")
     best = trainer.fit(max_epochs=max_epochs, log_fn=log_fn)
@@ -151,7 +107,7 @@ def distill(source, progress: bool = True, log_fn=print) -> dict:
         torch.set_num_threads(int(cfg["threads"]))
     work = Path(cfg["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
-    (work / "config_used.json").write_text(json.dumps(cfg, indent=1))
+    atomic_write_text(work / "config_used.json", json.dumps(cfg, indent=1))
     timing = {}
     t0 = time.perf_counter()
     teacher = _teacher(cfg)
@@ -184,7 +140,7 @@ def distill(source, progress: bool = True, log_fn=print) -> dict:
     pkg = write_package(best, cfg["package_dir"], card, config=cfg,
                         files=[work / "parity.png", work / "learning_curves.png"])
     summary = {"package": str(pkg), "metrics": metrics, "timing": card["timing"], "data": card["data"]}
-    (work / "results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(work / "results.json", json.dumps(summary, indent=1))
     if log_fn:
         log_fn(f"held-out ({metrics['held_out']}): E {metrics['energy_mae_mev_atom']:.2f} meV/atom, "
                f"F {metrics['force_mae_mev_a']:.1f} meV/Å"

@@ -22,3 +22,9 @@ def rattled_triclinic_cu(seed=0, rattle=0.08):
     a.set_cell(cell, scale_atoms=True)
     a.rattle(rattle, seed=seed)
     return a
+
+
+#: Orb-v3 conservative parameter count (orb-models' builders; Matbench Discovery lists the
+#: same). The one place the number is written; the analyser test also derives student
+#: counts by hand.
+ORB_V3_CONSERVATIVE_PARAMS = 25_510_582

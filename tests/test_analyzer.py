@@ -7,6 +7,8 @@ import pytest
 from orbdistill.cli import main
 from orbdistill.profiling import analyze, default_structure
 
+from conftest import ORB_V3_CONSERVATIVE_PARAMS
+
 
 @pytest.fixture(scope="module")
 def report20():
@@ -14,7 +16,24 @@ def report20():
 
 
 def test_parameter_count_is_orbs(report20):
-    assert report20["total_params"] == 25_510_582
+    assert report20["total_params"] == ORB_V3_CONSERVATIVE_PARAMS
+
+
+def test_per_module_rows_add_up_to_a_hand_count_of_a_student():
+    """The analyser's per-module parameter rows, summed, equal a count made by hand from
+    the layer widths of a v2 student (independent of ``num_parameters``)."""
+    from orbdistill.models import build_student
+
+    F, Fv, L, R, H = 12, 4, 2, 6, 7
+    m = build_student("v2", [29], num_features=F, num_vector_features=Fv, num_layers=L, num_radial=R, readout_hidden=H)
+    def linear(i, o, bias=True):
+        return i * o + (o if bias else 0)
+    per_layer = (linear(F, F) + linear(F, F + 2 * Fv) + linear(R, F + 2 * Fv)  # message: phi MLP and filter
+                 + linear(Fv, 2 * Fv, bias=False) + linear(F + 2 * Fv, F) + linear(F, F + Fv))  # update
+    hand = 119 * F + L * per_layer + linear(F, H) + linear(H, 1)
+    r = analyze(m, structure=default_structure(32), repeats=1, memory=False)
+    assert sum(row["params_self"] for row in r["layers"]) == hand
+    assert r["total_params"] == hand
 
 
 def test_layer_rows_add_up_to_the_totals(report20):
@@ -59,13 +78,13 @@ def test_cli_writes_json_markdown_and_chart(tmp_path, capsys):
                "--repeats", "1", "--threads", "2", "--no-memory"])
     assert rc == 0
     r = json.loads((out / "report.json").read_text())
-    assert r["total_params"] == 25_510_582
+    assert r["total_params"] == ORB_V3_CONSERVATIVE_PARAMS  # the 120-neighbour model has the same weights
     assert r["graph"]["max_neighbors"] == 120
     assert r["flops_forward_total"] > 0 and r["flops_backward_total"] > 0
     md = (out / "report.md").read_text()
     assert "RANDOM WEIGHTS" in md and "Layer by layer" in md and "gnn_stacks.4" in md
     assert (out / "blocks.png").stat().st_size > 10_000
-    assert "25,510,582" in capsys.readouterr().out
+    assert f"{ORB_V3_CONSERVATIVE_PARAMS:,}" in capsys.readouterr().out
 
 
 def test_cli_compare_puts_two_models_side_by_side(tmp_path):

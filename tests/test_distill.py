@@ -1,6 +1,7 @@
 """The distillation workflow end to end (EMT teacher, small cells), resuming and bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_unreadable_seed_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="broken.cif"):
         run_generate(cfg, progress=False)
     cfg["generate"]["seeds"] = [str(tmp_path / "missing.vasp")]
-    with pytest.raises(FileNotFoundError, match="missing.vasp"):
+    with pytest.raises(ValueError, match="missing.vasp.*does not exist"):  # at config time, before any labelling
         run_generate(cfg, progress=False)
 
 
@@ -165,3 +166,70 @@ def test_unknown_config_keys_are_named(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_config(path)
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("generate", "sizes", 32, r"generate\.sizes = 32: must be a list"),
+    ("train", "epochs", "ten", r"train\.epochs = 'ten': must be a whole number"),
+    ("train", "batch_size", 0, r"train\.batch_size = 0: .*greater than 0"),
+    ("generate", "nvt_temperatures_k", [300.0, -5.0], r"generate\.nvt_temperatures_k\.1 = -5\.0: .*greater than 0"),
+    ("generate", "seeds", "x.cif", r"generate\.seeds = 'x\.cif': must be a list"),
+    ("train", "epochs", 0, r"train\.epochs = 0: .*greater than 0"),
+    ("student", "overrides", {"cutoff": -1}, r"student .*cutoff"),
+    ("student", "overrides", {"num_features": "many"}, r"student\.overrides\.num_features = 'many': must be a whole number"),
+    ("student", "overrides", {"num_featurez": 3}, r"unknown v2 fields \['num_featurez'\]"),
+    ("student", "kind", "v9", r"student\.kind = 'v9': must be one of"),
+    ("teacher", "name", "sevennet-9", r"teacher\.name = 'sevennet-9': unknown"),
+    ("top", "split", [0.5, 0.5], r"split = \[0\.5, 0\.5\]: three fractions"),
+])
+def test_bad_config_values_are_named_in_one_line_before_any_work(tmp_path, section, key, value, expected):
+    """Each wrong type or range: one line that names the key, the value and what is allowed,
+    raised by load_config (seconds), not after labelling. (Seen before: ZeroDivisionError,
+    'non-finite coordinate', 'math domain error', a seed read letter by letter.)"""
+    import time
+
+    from orbdistill.config import ConfigError
+
+    cfg = small_config(tmp_path)
+    if section == "top":
+        cfg[key] = value
+    else:
+        cfg.setdefault(section, {})[key] = value
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(cfg)
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "run" / "data").exists()
+    assert any(len(line) < 300 for line in str(info.value).splitlines())
+
+
+def test_yaml_configs_and_paths_relative_to_the_config_file(tmp_path, monkeypatch):
+    import yaml
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "seed.cif").write_text(Path(__file__).resolve().parent.parent.joinpath("data/structures/Cu_fcc.cif").read_text())
+    cfg = {"name": "cu-yaml", "teacher": {"name": "emt"}, "device": "cpu",
+           "student": {"kind": "v2", "overrides": {"num_features": 8, "num_vector_features": 2, "num_layers": 1}},
+           "generate": {"seeds": ["seed.cif"]}, "work_dir": "out/run", "package_dir": "out/pkg"}
+    (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)  # somewhere else than the config's folder
+    loaded = load_config(folder / "c.yaml")
+    assert loaded["generate"]["seeds"] == [str(folder / "seed.cif")]
+    assert loaded["work_dir"] == str(folder / "out" / "run") and loaded["package_dir"] == str(folder / "out" / "pkg")
+    assert loaded["train"]["device"] == "cpu"
+    cfg["device"] = "cuda"
+    (folder / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_config(folder / "c.yaml")["train"]["device"] == "cuda"  # the top-level device reaches training
+    (folder / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(folder / "bad.yaml")
+
+
+def test_a_seed_that_is_not_a_structure_says_why(tmp_path):
+    bad = tmp_path / "notes.cif"
+    bad.write_text("this is not a crystal\n")
+    cfg = small_config(tmp_path)
+    cfg["generate"]["seeds"] = [str(bad)]
+    with pytest.raises(ValueError, match=r"notes\.cif.*: \S+"):
+        load_config(cfg)

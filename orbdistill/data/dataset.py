@@ -1,5 +1,6 @@
 """Training samples: frames with precomputed neighbour lists, split by trajectory, batched
-into :class:`orbdistill.graph.AtomGraph` plus target tensors."""
+into :class:`orbdistill.graph.AtomGraph` (by :func:`orbdistill.graph.batch_graphs`, the one
+batching path) plus target tensors."""
 
 from __future__ import annotations
 
@@ -10,27 +11,28 @@ import numpy as np
 import torch
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from orbdistill.graph import AtomGraph, neighbour_list
+from orbdistill.graph import AtomGraph, StructureGraph, batch_graphs, structure_graph
 
 
 @dataclass
 class Sample:
-    """One labelled structure with its neighbour list (numpy, float64)."""
+    """One labelled structure: its :class:`~orbdistill.graph.StructureGraph` (neighbour list
+    built once, reused every epoch) and the teacher's labels (float64)."""
 
-    positions: np.ndarray
-    numbers: np.ndarray
-    cell: np.ndarray
-    pbc: np.ndarray
-    edge_index: np.ndarray
-    shifts: np.ndarray
+    graph: StructureGraph
     energy: float
     forces: np.ndarray
     stress: Optional[np.ndarray]  # [3, 3] eV/Å^3 or None
     traj_id: str
+    protocol: str = "?"
 
     @property
     def n_atoms(self) -> int:
-        return len(self.numbers)
+        return self.graph.n_atoms
+
+    @property
+    def numbers(self) -> np.ndarray:
+        return self.graph.numbers
 
 
 def frame_labels(atoms) -> Tuple[float, np.ndarray, Optional[np.ndarray]]:
@@ -46,51 +48,30 @@ def frame_labels(atoms) -> Tuple[float, np.ndarray, Optional[np.ndarray]]:
 
 
 def frames_to_samples(frames: Sequence, cutoff: float, max_neighbors: Optional[int] = None) -> List[Sample]:
-    """Neighbour lists for every frame (built once, reused every epoch)."""
+    """Labelled frames -> samples (graphs built once, by the same builder the calculator uses)."""
     out = []
     for k, a in enumerate(frames):
         e, f, s = frame_labels(a)
-        i, j, sh, _ = neighbour_list(a.positions, a.cell.array, a.pbc, cutoff, max_neighbors)
-        out.append(Sample(
-            positions=np.asarray(a.positions, dtype=np.float64), numbers=np.asarray(a.numbers, dtype=np.int64),
-            cell=np.asarray(a.cell.array, dtype=np.float64), pbc=np.asarray(a.pbc, dtype=bool),
-            edge_index=np.stack([i, j]), shifts=sh, energy=e, forces=f, stress=s,
-            traj_id=str(a.info.get("traj_id", f"frame-{k}")),
-        ))
+        out.append(Sample(graph=structure_graph(a, cutoff, max_neighbors), energy=e, forces=f, stress=s,
+                          traj_id=str(a.info.get("traj_id", f"frame-{k}")), protocol=str(a.info.get("protocol", "?"))))
     return out
 
 
 def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tuple[AtomGraph, Dict[str, torch.Tensor]]:
     """Batch samples: (graph, targets) with targets ``energy`` [B], ``forces`` [N, 3],
     ``stress`` [B, 3, 3], ``has_stress`` [B] (bool), ``n_atoms`` [B]."""
-    offset = 0
-    ei, batch = [], []
-    for b, s in enumerate(samples):
-        ei.append(s.edge_index + offset)
-        batch.append(np.full(s.n_atoms, b, dtype=np.int64))
-        offset += s.n_atoms
+    graph = batch_graphs([s.graph for s in samples], dtype=dtype, device=device)
 
     def t(x, dt=None):
         return torch.as_tensor(x, dtype=dt, device=device)
 
-    n_atoms = np.array([s.n_atoms for s in samples], dtype=np.int64)
-    graph = AtomGraph(
-        positions=t(np.concatenate([s.positions for s in samples]), dtype),
-        atomic_numbers=t(np.concatenate([s.numbers for s in samples])),
-        edge_index=t(np.concatenate(ei, axis=1)),
-        cell_shifts=t(np.concatenate([s.shifts for s in samples]).reshape(-1, 3)),
-        cell=t(np.stack([s.cell for s in samples]), dtype),
-        pbc=t(np.stack([s.pbc for s in samples])),
-        batch=t(np.concatenate(batch)),
-        n_atoms=t(n_atoms),
-    )
     stress = np.stack([s.stress if s.stress is not None else np.zeros((3, 3)) for s in samples])
     targets = {
         "energy": t(np.array([s.energy for s in samples]), dtype),
         "forces": t(np.concatenate([s.forces for s in samples]), dtype),
         "stress": t(stress, dtype),
         "has_stress": t(np.array([s.stress is not None for s in samples])),
-        "n_atoms": t(n_atoms),
+        "n_atoms": graph.n_atoms,
     }
     return graph, targets
 

@@ -34,15 +34,18 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Annotated, Dict, List, Literal, Optional
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from orbdistill.config import build_config, config_dataclass
 from orbdistill.graph import min_pair_distance
 
 from .seeds import load_seeds, supercell
@@ -50,48 +53,50 @@ from .seeds import load_seeds, supercell
 log = logging.getLogger(__name__)
 
 
-@dataclass
+PROTOCOLS = ("nvt", "npt", "strain", "rattle_relax", "relax")
+
+
+@config_dataclass
 class GenerateConfig:
-    """What data to generate (all fields saved in the manifest).
+    """What data to generate (all fields saved in the manifest; types and ranges are
+    checked when it is built, see :mod:`orbdistill.config`).
 
     Sizes are target atom counts of the supercells (``protocol_sizes`` overrides them per
     protocol, e.g. ``{"npt": [108]}``); temperatures in K, pressures in GPa, times in fs,
     lengths in Å, forces in eV/Å.
     """
 
-    seeds: List[str] = field(default_factory=lambda: ["bulk:Cu:fcc:3.61"])
-    sizes: List[int] = field(default_factory=lambda: [32])
-    protocol_sizes: Dict[str, List[int]] = field(default_factory=dict)
-    timestep_fs: float = 4.0
-    thermostat: str = "bussi"
-    taut_fs: float = 100.0
-    nvt_temperatures_k: List[float] = field(default_factory=lambda: [300.0, 600.0, 900.0, 1200.0])
-    nvt_trajectories_per_temperature: int = 1
-    nvt_equilibration_steps: int = 25
-    nvt_interval_steps: int = 3
-    nvt_frames: int = 40
-    npt_pressures_gpa: List[float] = field(default_factory=list)
-    npt_temperature_k: float = 600.0
-    npt_frames: int = 30
-    strain_frames: int = 0
-    strain_max: float = 0.05
-    strain_rattle: float = 0.03
-    strain_frames_per_task: int = 50
-    rattle_relax_frames: int = 0
-    rattle_relax_steps: int = 3
-    rattle_relax_per_task: int = 10
-    relax_trajectories: int = 0
-    relax_max_steps: int = 25
-    relax_fmax: float = 0.02
-    reject_fmax: float = 30.0
-    reject_min_distance: float = 0.5
-    seed: int = 0
+    seeds: Annotated[List[str], Field(min_length=1)] = field(default_factory=lambda: ["bulk:Cu:fcc:3.61"])
+    sizes: Annotated[List[PositiveInt], Field(min_length=1)] = field(default_factory=lambda: [32])
+    protocol_sizes: Dict[Literal[PROTOCOLS], Annotated[List[PositiveInt], Field(min_length=1)]] = field(default_factory=dict)
+    timestep_fs: Annotated[float, Field(gt=0, le=20)] = 4.0
+    thermostat: Literal["bussi", "nose-hoover", "nosehoover", "nhc"] = "bussi"
+    taut_fs: PositiveFloat = 100.0
+    nvt_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 600.0, 900.0, 1200.0])
+    nvt_trajectories_per_temperature: NonNegativeInt = 1
+    nvt_equilibration_steps: NonNegativeInt = 25
+    nvt_interval_steps: PositiveInt = 3
+    nvt_frames: NonNegativeInt = 40
+    npt_pressures_gpa: List[Annotated[float, Field(allow_inf_nan=False)]] = field(default_factory=list)
+    npt_temperature_k: PositiveFloat = 600.0
+    npt_frames: NonNegativeInt = 30
+    strain_frames: NonNegativeInt = 0
+    strain_max: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    strain_rattle: NonNegativeFloat = 0.03
+    strain_frames_per_task: PositiveInt = 50
+    rattle_relax_frames: NonNegativeInt = 0
+    rattle_relax_steps: NonNegativeInt = 3
+    rattle_relax_per_task: PositiveInt = 10
+    relax_trajectories: NonNegativeInt = 0
+    relax_max_steps: PositiveInt = 25
+    relax_fmax: PositiveFloat = 0.02
+    reject_fmax: PositiveFloat = 30.0
+    reject_min_distance: NonNegativeFloat = 0.5
+    seed: NonNegativeInt = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerateConfig":
-        from orbdistill.config import dataclass_from_dict
-
-        return dataclass_from_dict(cls, d, "generate config")
+        return build_config(cls, d, "generate")
 
 
 # --------------------------------------------------------------------------------------
@@ -108,10 +113,6 @@ def plan_tasks(cfg: GenerateConfig, n_seeds: int) -> List[dict]:
         kw["rng_seed"] = int(hashlib.sha256(f"{cfg.seed}:{key}".encode()).hexdigest()[:8], 16)
         kw["id"] = f"{kw['protocol']}-{len(tasks):04d}"
         tasks.append(kw)
-
-    unknown = sorted(set(cfg.protocol_sizes) - {"nvt", "npt", "strain", "rattle_relax", "relax"})
-    if unknown:
-        raise ValueError(f"protocol_sizes has unknown protocols {unknown}; use nvt, npt, strain, rattle_relax, relax")
 
     def sizes(proto):
         return cfg.protocol_sizes.get(proto, cfg.sizes)

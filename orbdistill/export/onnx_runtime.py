@@ -35,7 +35,11 @@ class OnnxRunner:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("CUDA was asked for but onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu.")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise ValueError(f"Cannot load the ONNX file {path}: truncated, corrupt or not ONNX "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Re-export the package.") from exc
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.dtype = self.metadata.get("dtype", "float32")
 

@@ -9,33 +9,36 @@ the plots of the run.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
-from typing import TYPE_CHECKING
-
 from ase.data import chemical_symbols
 
-if TYPE_CHECKING:  # the ONNX backend reads cards without importing model code
-    from orbdistill.models.base import StudentModel
+from orbdistill.models.base import StudentModel
+from orbdistill.packages import MODEL_FILE, export_files, exported_file, read_card, weights_sha256, write_card
+from orbdistill.utils import atomic_write_text, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
+    """Write ``model`` and its card into ``out_dir`` (created; existing files replaced).
 
-
-def write_package(model: "StudentModel", out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
-    """Write ``model`` and its card into ``out_dir`` (created; existing files replaced)."""
-    from orbdistill import __version__
+    Exports made from earlier weights in the same folder are removed: a package never
+    holds an export that disagrees with its ``model.pt``.
+    """
+    from orbdistill._version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.pt")
+    model.save(out / MODEL_FILE)
+    new_hash = weights_sha256(out)
+    for f in export_files(out):
+        log.warning("removing %s: it was exported from the previous weights; run `orbdistill export %s`", f, out)
+        f.unlink()
     species = [int(z) for z in model.species.tolist()]
     full = {
         "name": out.name,
@@ -48,14 +51,16 @@ def write_package(model: "StudentModel", out_dir, card: dict, config: Optional[d
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         **card,
     }
-    _atomic_write(out / "card.json", json.dumps(full, indent=1, default=str))
+    full["weights_sha256"] = new_hash
+    full.pop("exports", None)
+    write_card(out, full)
     if config is not None:
-        _atomic_write(out / "config.json", json.dumps(config, indent=1, default=str))
+        atomic_write_text(out / "config.json", json.dumps(config, indent=1, default=str))
     for f in files:
         f = Path(f)
         if f.exists():
             shutil.copyfile(f, out / f.name)
-    _atomic_write(out / "README.md", card_markdown(full))
+    atomic_write_text(out / "README.md", card_markdown(full))
     return out
 
 
@@ -92,8 +97,8 @@ def card_markdown(card: dict) -> str:
         "## Use",
         "",
         "```python",
-        "from orbdistill.calculator import StudentCalculator",
-        f'calc = StudentCalculator.from_package("calculators/{card["name"]}")',
+        "from orbdistill import StudentCalculator",
+        f'calc = StudentCalculator("{card["name"]}")  # or the path of this folder',
         "atoms.calc = calc  # energy, forces, stress, per-atom energies",
         "```",
         "",
@@ -109,44 +114,36 @@ def card_markdown(card: dict) -> str:
 def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "float64"), progress=True) -> dict:
     """Export a package's student to TorchScript and/or ONNX files inside the package.
 
-    Files are named ``model_<dtype>.<format>``; ``card.json`` lists them under ``exports``.
-    Returns {filename: seconds taken}.
+    Files are named ``model_<dtype>.<format>``; each records the SHA-256 of the ``model.pt``
+    it came from, and ``card.json`` lists them under ``exports``. Returns {filename: seconds}.
     """
     import time as _time
 
-    import torch
-
-    from orbdistill.calculator import exported_file
     from orbdistill.models import load_student
 
     from .traced import export_onnx, export_torchscript
 
     path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a package folder: `orbdistill export` takes the folder that holds "
+                         f"{MODEL_FILE} and card.json (e.g. calculators/cu-sevennet-v2).")
     card = read_card(path)
     bad = [f for f in formats if f not in ("torchscript", "onnx")]
     if bad:
         raise ValueError(f"Unknown export format(s) {bad}; choose torchscript, onnx or all.")
+    sha = weights_sha256(path)
     written = {}
     for dt_name in dtypes:
-        dt = {"float32": torch.float32, "float64": torch.float64}.get(dt_name)
-        if dt is None:
-            raise ValueError(f"dtype must be float32 or float64, got {dt_name!r}")
+        dt = resolve_dtype(dt_name)
         for fmt in formats:
-            model = load_student(path / "model.pt")
-            target = exported_file(path, fmt, dt)
+            model = load_student(path / MODEL_FILE)
+            target = exported_file(path, fmt, dt_name)
             t0 = _time.perf_counter()
-            (export_onnx if fmt == "onnx" else export_torchscript)(model, target, dtype=dt)
-            written[Path(target).name] = round(_time.perf_counter() - t0, 1)
+            (export_onnx if fmt == "onnx" else export_torchscript)(model, target, dtype=dt, weights_sha256=sha)
+            written[target.name] = round(_time.perf_counter() - t0, 1)
             if progress:
-                print(f"wrote {target} ({written[Path(target).name]} s)")
+                print(f"wrote {target} ({written[target.name]} s)")
     card.setdefault("exports", {}).update(written)
-    _atomic_write(path / "card.json", json.dumps(card, indent=1, default=str))
+    card["weights_sha256"] = sha
+    write_card(path, card)
     return written
-
-
-def read_card(path) -> dict:
-    path = Path(path)
-    card = path / "card.json" if path.is_dir() else path
-    if not card.exists():
-        raise FileNotFoundError(f"{path} is not a student package (no card.json).")
-    return json.loads(card.read_text())

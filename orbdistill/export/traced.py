@@ -31,16 +31,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from orbdistill.graph import GRAPH_INPUTS
 from orbdistill.models.base import StudentModel, apply_strain, stress_from_virial
+
+from .onnx_runtime import OUTPUT_NAMES  # one list for exporter and runner
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ["positions", "atomic_numbers", "edge_index", "cell_shifts", "cell", "batch"]
-from .onnx_runtime import OUTPUT_NAMES  # noqa: E402  (one list for exporter and runner)
+INPUT_NAMES = list(GRAPH_INPUTS)
 
 
 def _energy_and_gradients(model: StudentModel):
@@ -89,7 +91,7 @@ def example_inputs(model: StudentModel, dtype=torch.float32) -> Tuple[torch.Tens
     widths = {int(d) for p in model.parameters() for d in p.shape}
     if g.num_atoms in widths or g.num_edges in widths:  # pragma: no cover - guard for exotic widths
         raise RuntimeError(f"example sizes ({g.num_atoms} atoms, {g.num_edges} edges) collide with a layer width")
-    return (g.positions, g.atomic_numbers, g.edge_index, g.cell_shifts, g.cell, g.batch)
+    return g.inputs()
 
 
 def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphModule:
@@ -128,10 +130,11 @@ def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphMod
     return gm
 
 
-def metadata(model: StudentModel, dtype: torch.dtype, fmt: str) -> Dict[str, str]:
-    from orbdistill import __version__
+def metadata(model: StudentModel, dtype: torch.dtype, fmt: str, weights_sha256: Optional[str] = None) -> Dict[str, str]:
+    from orbdistill._version import __version__
 
     return {
+        "weights_sha256": weights_sha256 or "",
         "orbdistill_version": __version__,
         "format": fmt,
         "kind": model.config.kind,
@@ -145,7 +148,7 @@ def metadata(model: StudentModel, dtype: torch.dtype, fmt: str) -> Dict[str, str
     }
 
 
-def export_onnx(model: StudentModel, path, dtype=torch.float32) -> Path:
+def export_onnx(model: StudentModel, path, dtype=torch.float32, weights_sha256: Optional[str] = None) -> Path:
     """Write an ONNX file whose graph computes energy, forces and stress."""
     try:
         import onnx  # noqa: F401
@@ -167,7 +170,7 @@ def export_onnx(model: StudentModel, path, dtype=torch.float32) -> Path:
     import onnx
 
     proto = program.model_proto
-    for k, v in metadata(model, dtype, "onnx").items():
+    for k, v in metadata(model, dtype, "onnx", weights_sha256).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.save(proto, str(tmp))
@@ -185,28 +188,16 @@ def _scriptable(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def export_torchscript(model: StudentModel, path, dtype=torch.float32) -> Path:
+def export_torchscript(model: StudentModel, path, dtype=torch.float32, weights_sha256: Optional[str] = None) -> Path:
     """Write a TorchScript file whose graph computes energy, forces and stress."""
     path = Path(path)
     exported = _scriptable(trace_student(model, dtype))
     scripted = torch.jit.script(exported)
     tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(metadata(model, dtype, "torchscript"))})
+    torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(metadata(model, dtype, "torchscript", weights_sha256))})
     os.replace(tmp, path)
     return path
 
 
-def read_onnx_metadata(path) -> Dict[str, str]:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def read_torchscript_metadata(path) -> Dict[str, str]:
-    extra = {"metadata.json": ""}
-    torch.jit.load(str(path), _extra_files=extra, map_location="cpu")
-    return json.loads(extra["metadata.json"])
-
-
-from .onnx_runtime import OnnxRunner  # noqa: E402,F401,I001  (re-export)
+from .files import read_onnx_metadata, read_torchscript_metadata  # noqa: E402,F401  (re-export)
+from .onnx_runtime import OnnxRunner  # noqa: E402,F401  (re-export)

@@ -29,6 +29,8 @@ STUDENT_KINDS: Dict[str, Type[StudentModel]] = {
 __all__ = [
     "build_student",
     "load_student",
+    "safe_torch_load",
+    "UnsafeCheckpointError",
     "v1_from_orb",
     "StudentModel",
     "StudentConfig",
@@ -76,17 +78,53 @@ def model_from_checkpoint_dict(ckpt: dict, source: str = "checkpoint") -> Studen
     return model.eval()
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that only loads by running arbitrary Python code (a pickle of objects)."""
+
+
+def safe_torch_load(path, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only.
+
+    A file whose pickle asks for anything else (any class or function, which is how a
+    malicious file runs code on load) is refused with :class:`UnsafeCheckpointError`; nothing
+    in it is executed.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            detail = text.split("Please file an issue")[0].strip().splitlines()
+            reason = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[-1] if detail else "")
+            raise UnsafeCheckpointError(
+                f"Refusing to load {what} {os.fspath(path)!r}: it holds Python objects that only load by running code "
+                f"from the file ({reason[:200]}). orbdistill files hold tensors and plain data only; if you trust "
+                "the file's origin, convert it with the orbdistill version that wrote it."
+            ) from None
+        raise ValueError(f"Cannot read {what} {os.fspath(path)!r}: corrupt or not a torch file ({text[:200]}).") from exc
+    except Exception as exc:
+        raise ValueError(f"Cannot read {what} {os.fspath(path)!r}: corrupt or not a torch file "
+                         f"({type(exc).__name__}: {str(exc)[:200]}).") from exc
+
+
 def load_student(path, map_location="cpu") -> StudentModel:
-    """Rebuild a student from a file written by :meth:`StudentModel.save`."""
+    """Rebuild a student from a file written by :meth:`StudentModel.save`, or from a package
+    folder or name (its ``model.pt``). Loads with ``weights_only=True`` (see :func:`safe_torch_load`)."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        from orbdistill.packages import find_package
+
+        try:
+            path = os.fspath(find_package(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Student checkpoint {path!r} does not exist (nor a package of that name).") from None
     if os.path.isdir(path):
         path = os.path.join(path, "model.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"Student checkpoint {path!r} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"Cannot read student checkpoint {path!r}: corrupt or not a torch file ({type(exc).__name__}: {exc}).") from exc
+    ckpt = safe_torch_load(path, map_location=map_location, what="student checkpoint")
     return model_from_checkpoint_dict(ckpt, source=repr(path))
 
 

@@ -14,12 +14,10 @@ training) and ``scale``/``shift`` normalise the model output to the data.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -161,17 +159,15 @@ class StudentModel(torch.nn.Module):
         for structures without a volume. ``training=True`` keeps the graph so that force
         and stress errors can be differentiated with respect to the parameters.
         """
-        return conservative_outputs(
-            self, graph.positions, graph.atomic_numbers, graph.edge_index, graph.cell_shifts, graph.cell,
-            graph.batch, compute_forces=compute_forces, compute_stress=compute_stress, training=training,
-        )
+        return conservative_outputs(self.atomic_energies, graph.inputs(), compute_forces=compute_forces,
+                                    compute_stress=compute_stress, training=training)
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.parameters()))
 
     # ---- checkpoints --------------------------------------------------------------------
     def checkpoint_dict(self) -> dict:
-        from orbdistill import __version__
+        from orbdistill._version import __version__
 
         return {
             "format": CHECKPOINT_FORMAT,
@@ -184,41 +180,34 @@ class StudentModel(torch.nn.Module):
 
     def save(self, path) -> Path:
         """Write the model (config + weights) atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(self.checkpoint_dict(), buf)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-        return path
+        from orbdistill.utils import atomic_torch_save
+
+        return atomic_torch_save(self.checkpoint_dict(), path)
 
 
 def conservative_outputs(
-    model: StudentModel,
-    positions: torch.Tensor,
-    atomic_numbers: torch.Tensor,
-    edge_index: torch.Tensor,
-    cell_shifts: torch.Tensor,
-    cell: torch.Tensor,
-    batch: torch.Tensor,
+    atomic_energies: Callable[..., torch.Tensor],
+    inputs: Sequence[torch.Tensor],
     compute_forces: bool = True,
     compute_stress: bool = True,
     training: bool = False,
     mark=None,
 ) -> Dict[str, torch.Tensor]:
-    """Energy, forces and stress of ``model`` by one autograd pass (see module docstring).
-
-    ``mark``, if given, is called between the forward pass and the gradient pass (the
-    analyser uses it to time them separately).
+    """Energy, forces and stress from per-atom energies by one autograd pass (see module docstring).
 
     Args:
-        positions [N, 3], atomic_numbers [N], edge_index [2, E], cell_shifts [E, 3],
-        cell [B, 3, 3], batch [N]
+        atomic_energies: ``f(positions, atomic_numbers, edge_index, cell_shifts, cell, batch)
+            -> [N]`` (a student's :meth:`StudentModel.atomic_energies`, or a compiled version)
+        inputs: the graph tensors in :data:`orbdistill.graph.GRAPH_INPUTS` order
+            (``AtomGraph.inputs()``): positions [N, 3], atomic_numbers [N], edge_index [2, E],
+            cell_shifts [E, 3], cell [B, 3, 3], batch [N]
+        mark: if given, called between the forward and the gradient pass (the analyser
+            times them separately)
     Returns:
         dict with ``energy`` [B], ``energies`` [N], and, when asked, ``forces`` [N, 3] and
         ``stress`` [B, 3, 3]
     """
+    positions, atomic_numbers, edge_index, cell_shifts, cell, batch = inputs
     n_structures = cell.shape[0]
     need_grad = compute_forces or compute_stress
     with torch.enable_grad():
@@ -227,15 +216,15 @@ def conservative_outputs(
             pos_s, cell_s, displacement = strained(pos, cell, batch)
         else:
             pos_s, cell_s, displacement = pos, cell, None
-        e_atoms = model.atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
+        e_atoms = atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
         energy = torch.zeros(n_structures, dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
         out = {"energy": energy, "energies": e_atoms}
         if mark is not None:
             mark()
         if not need_grad:
             return out
-        inputs = [pos] + ([displacement] if compute_stress else [])
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+        inputs_ = [pos] + ([displacement] if compute_stress else [])
+        grads = torch.autograd.grad(energy.sum(), inputs_, create_graph=training, allow_unused=True)
     if compute_forces:
         g = grads[0] if grads[0] is not None else torch.zeros_like(pos)
         out["forces"] = -g

@@ -148,7 +148,8 @@ class OrbStudentV1(StudentModel):
         envelope = polynomial_envelope(r, self.config.cutoff, self.config.envelope_p).unsqueeze(-1)
         sh = self.angular(vectors)
         rbf = self.radial(r)
-        edge_features = (rbf.unsqueeze(2) * sh.unsqueeze(1)).reshape(r.shape[0], -1) * envelope
+        # explicit width: reshape(n, -1) is ambiguous for a structure without edges
+        edge_features = (rbf.unsqueeze(2) * sh.unsqueeze(1)).reshape(-1, rbf.shape[1] * sh.shape[1]) * envelope
         h = self.node_encoder(self.embedding(atomic_numbers))
         e = self.edge_encoder(edge_features)
         for layer in self.interactions:

@@ -1,39 +1,13 @@
-"""What the analyser can analyse: a root module plus how to run one MD step through it.
-
-A :class:`Target` gives the analyser a root ``torch.nn.Module`` (for parameters and
-per-module hooks), a function that builds the model's input graph from ``ase.Atoms``
-(timed as graph construction), and a ``step`` function that evaluates energy, forces and
-stress exactly as the model's own calculator does. ``step`` calls ``mark()`` when the
-forward pass is over and the gradient pass (conservative forces and stress) starts.
-"""
+"""Analyser targets for teachers (Orb, SevenNet) and the resolver from a name to a target."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import torch
 
-
-@dataclass
-class Target:
-    name: str
-    kind: str  # "teacher" or "student"
-    family: str
-    module: torch.nn.Module
-    make_inputs: Callable[[Any], Any]
-    step: Callable[[Any, Callable[[], None]], Any]
-    conservative: bool
-    cutoff: Optional[float] = None
-    max_neighbors: Optional[int] = None
-    random_weights: bool = False
-    count_edges: Callable[[Any], int] = lambda inputs: -1
-    notes: list = field(default_factory=list)
-
-
-def _noop():
-    return None
-
+from .student_targets import student_target
+from .target import Target, _noop
 
 # --------------------------------------------------------------------------------------
 # Orb (orb-models)
@@ -163,9 +137,4 @@ def resolve_target(name_or_obj, device=None) -> Target:
             return sevennet_target(load_teacher(key, device=device or "cpu"))
         if key == "emt":
             raise ValueError("'emt' is a classical potential with no neural network to analyse.")
-        from . import student_targets  # students: names, checkpoints and packages
-
-        return student_targets.student_target(name_or_obj, device=device)
-    from . import student_targets
-
-    return student_targets.student_target(name_or_obj, device=device)
+    return student_target(name_or_obj, device=device)  # students: kinds, checkpoints and packages

@@ -17,54 +17,58 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import logging
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Annotated, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from tqdm.auto import tqdm
+
+from orbdistill.config import build_config, config_dataclass
 
 from orbdistill.data.dataset import Sample, collate
 from orbdistill.models.base import StudentModel
+from orbdistill.utils import atomic_torch_save, atomic_write_text, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 EV_A3_TO_GPA = 160.21766208
 
 
-@dataclass
+@config_dataclass
 class TrainConfig:
-    """How to train (all fields saved in every checkpoint)."""
+    """How to train (all fields saved in every checkpoint; types and ranges are checked
+    when it is built, see :mod:`orbdistill.config`)."""
 
-    epochs: int = 60
-    batch_size: int = 8
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.02
-    warmup_epochs: int = 2
-    weight_decay: float = 1e-6
-    energy_weight: float = 1.0
-    forces_weight: float = 1.0
-    stress_weight: float = 1.0
-    ema_decay: float = 0.99
-    grad_clip: float = 10.0
-    patience: int = 25
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"  # "cpu", "cuda", or "auto" (CUDA when available)
+    epochs: PositiveInt = 60
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.02
+    warmup_epochs: NonNegativeInt = 2
+    weight_decay: NonNegativeFloat = 1e-6
+    energy_weight: NonNegativeFloat = 1.0
+    forces_weight: NonNegativeFloat = 1.0
+    stress_weight: NonNegativeFloat = 1.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    grad_clip: NonNegativeFloat = 10.0
+    patience: PositiveInt = 25
+    seed: NonNegativeInt = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    device: Annotated[str, Field(pattern=r"^(cpu|auto|cuda(:[0-9]+)?|mps)$")] = "cpu"  # "auto": CUDA when available
+
+    def __post_init__(self):
+        if self.energy_weight == self.forces_weight == self.stress_weight == 0:
+            raise ValueError("energy_weight, forces_weight and stress_weight are all 0: nothing would be learned")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        from orbdistill.config import dataclass_from_dict
-
-        return dataclass_from_dict(cls, d, "train config")
+        return build_config(cls, d, "train")
 
 
 def fit_element_references(samples: Sequence[Sample], species: Sequence[int]) -> np.ndarray:
@@ -100,7 +104,7 @@ def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, fl
 
 
 def _dtype(name):
-    return {"float32": torch.float32, "float64": torch.float64}[name]
+    return resolve_dtype(name)
 
 
 def _batches(samples, batch_size, generator=None):
@@ -169,12 +173,15 @@ def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 1
     return m
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+def _numpy_rng_state() -> list:
+    """numpy's global RNG state as plain data (a checkpoint holds no numpy objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _set_numpy_rng_state(state) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 class Trainer:
@@ -186,7 +193,10 @@ class Trainer:
     """
 
     def __init__(self, model: StudentModel, train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, out_dir,
-                 progress: bool = True):
+                 progress: bool = True, fit_normalization: bool = True):
+        """``fit_normalization=False`` keeps the model's element references and output scale
+        (a student initialised from teacher weights reproduces the teacher at epoch 0 only
+        with the teacher's own normalisation); the data statistics then use those references."""
         if not train:
             raise ValueError("Empty training set: generate data first (no frames to train on).")
         if not val:
@@ -201,12 +211,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = model.to(device=cfg.device, dtype=_dtype(cfg.dtype))
         species = model.species.tolist()
-        refs = fit_element_references(self.train, species)
+        self.fit_normalization = fit_normalization
+        if fit_normalization:
+            refs = fit_element_references(self.train, species)
+        else:
+            refs = self.model.element_refs.detach().cpu().double().numpy()
         self.stats = data_statistics(self.train, refs)
-        with torch.no_grad():
-            self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
-            self.model.energy_scale.fill_(self.stats["forces_rms"])
-            self.model.energy_shift.zero_()
+        if fit_normalization:
+            with torch.no_grad():
+                self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
+                self.model.energy_scale.fill_(self.stats["forces_rms"])
+                self.model.energy_shift.zero_()
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -242,7 +257,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "best_val": self.best_val,
             "best_epoch": self.best_epoch, "history": self.history, "stats": self.stats,
             "train_config": dataclasses.asdict(self.cfg), "model_config": self.model.config.to_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": list(random.getstate())},
         }
 
     def resume(self, path=None) -> bool:
@@ -250,10 +265,14 @@ class Trainer:
         path = Path(path) if path else self.checkpoint_path
         if not path.exists():
             return False
+        from orbdistill.models import UnsafeCheckpointError, safe_torch_load
+
         try:
-            st = torch.load(path, map_location=self.cfg.device, weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"Cannot read training checkpoint {path}: corrupt ({exc}). Delete it to start over.") from exc
+            st = safe_torch_load(path, map_location=self.cfg.device, what="training checkpoint")
+        except UnsafeCheckpointError:
+            raise
+        except ValueError as exc:
+            raise ValueError(f"{exc} Delete {path} to start training over.") from exc
         if st.get("model_config") != self.model.config.to_dict():
             raise ValueError(f"Checkpoint {path} belongs to a different model configuration; use another output folder.")
         self.model.load_state_dict(st["model"])
@@ -263,8 +282,9 @@ class Trainer:
         self.epoch, self.best_val, self.best_epoch = st["epoch"], st["best_val"], st["best_epoch"]
         self.history, self.stats = st["history"], st["stats"]
         torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
-        random.setstate(st["rng"]["python"])
+        _set_numpy_rng_state(st["rng"]["numpy"])
+        version, internal, gauss = st["rng"]["python"]
+        random.setstate((version, tuple(internal), gauss))
         log.info("resumed from %s at epoch %d", path, self.epoch)
         return True
 
@@ -336,8 +356,8 @@ class Trainer:
             line += f"  lr {row['lr']:.2e}  {row['seconds']:.1f} s" + ("  *" if improved else "")
             if log_fn:
                 log_fn(line)
-            _atomic_torch_save(self.state(), self.checkpoint_path)
-            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            atomic_torch_save(self.state(), self.checkpoint_path)
+            atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1))
             if self.epoch - self.best_epoch >= self.cfg.patience:
                 if log_fn:
                     log_fn(f"early stopping: no improvement for {self.cfg.patience} epochs (best epoch {self.best_epoch})")

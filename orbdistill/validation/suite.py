@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from orbdistill.utils import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic")
@@ -121,7 +123,7 @@ def build_models(teacher: str, students: Sequence, device: Optional[str] = None,
                  teacher_weights: Optional[str] = None) -> List[Model]:
     """The teacher (by name, see ``orbdistill teachers``) and the student packages."""
     from orbdistill.calculator import StudentCalculator
-    from orbdistill.export.package import read_card
+    from orbdistill.packages import find_package, read_card
     from orbdistill.teachers import load_teacher
 
     t = load_teacher(teacher, device=device, weights=teacher_weights)
@@ -129,8 +131,7 @@ def build_models(teacher: str, students: Sequence, device: Optional[str] = None,
     models[0]._teacher = t
     models[0].info["probe_spec"] = f"teacher:{teacher}" + (f":{teacher_weights}" if teacher_weights else "")
     for p in students:
-        if not os.path.isdir(p):
-            raise FileNotFoundError(f"Student package {p!r} does not exist.")
+        p = str(find_package(p))
         card = read_card(p)
         models.append(Model(_package_name(p), "student",
                             (lambda p=p: StudentCalculator.from_package(p, device=device, dtype=dtype)),
@@ -241,12 +242,6 @@ def _emt_covers(atoms) -> bool:
     from ase.calculators.emt import parameters
 
     return set(atoms.get_chemical_symbols()) <= set(parameters)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _strip(obj):
@@ -372,7 +367,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     summary["timing_s"] = dict(prev.get("timing_s", {}))
 
     def save():
-        _atomic_write(out / "report.json", json.dumps(_strip(summary), indent=1))
+        atomic_write_text(out / "report.json", json.dumps(_strip(summary), indent=1))
 
     def timed(section):
         class _T:
@@ -552,15 +547,15 @@ def _relax_comparison(res: dict, teacher: str) -> dict:
 
 
 def _available_backends(model: "Model", cfg: ValidateConfig) -> List[str]:
-    from orbdistill.calculator import exported_file
+    from orbdistill.packages import exported_file
 
     import torch
 
     pkg = model.info.get("package")
-    dt = getattr(torch, model.info.get("dtype", "float32"))
+    dt = model.info.get("dtype", "float32")
     out = []
     for b in cfg.backends:
-        if b in ("torch", "compile") or (pkg and os.path.exists(exported_file(pkg, b, dt))):
+        if b in ("torch", "compile") or (pkg and exported_file(pkg, b, dt).exists()):
             out.append(b)
     return out
 
