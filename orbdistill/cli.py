@@ -81,10 +81,11 @@ def cmd_distill(args) -> int:
 
 def cmd_export(args) -> int:
     from orbdistill.export import export_package
+    from orbdistill.packages import find_package
 
     _threads(args.threads)
     formats = ("torchscript", "onnx") if args.format == "all" else (args.format,)
-    export_package(args.package, formats=formats, dtypes=tuple(args.dtype))
+    export_package(find_package(args.package), formats=formats, dtypes=tuple(args.dtype))
     return 0
 
 
@@ -104,7 +105,7 @@ def cmd_validate(args) -> int:
         over["sections"] = tuple(args.sections)
     elif args.skip:
         over["sections"] = tuple(s for s in SECTIONS if s not in args.skip)
-    cfg = ValidateConfig.quick(**over) if args.quick else ValidateConfig(**over)
+    cfg = ValidateConfig.quick(**over) if args.quick else ValidateConfig.from_dict(over)
     summary = validate(args.teacher, args.student, out=args.out, structure=args.structure, config=cfg,
                        device=args.device, teacher_weights=args.weights, threads=args.threads, dtype=args.dtype)
     for r in summary.get("targets", []):
@@ -126,7 +127,7 @@ def cmd_teachers(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orbdistill", description="Distil foundation interatomic potentials into fast students.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and print tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="layer-by-layer parameters, FLOPs, latency and memory of a model")
@@ -147,12 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("distill", cmd_distill, "generate, train, evaluate and package a student"),
     ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--config", required=True, help="distillation config (JSON or TOML)")
+        c.add_argument("--config", required=True, help="distillation config (JSON, YAML or TOML)")
         c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         c.set_defaults(func=fn)
 
     x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX (forces and stress inside)")
-    x.add_argument("package", help="package folder, e.g. calculators/cu-sevennet-v2")
+    x.add_argument("package", help="package folder or name, e.g. calculators/cu-sevennet-v2")
     x.add_argument("--format", choices=["torchscript", "onnx", "all"], default="all")
     x.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     x.add_argument("--threads", type=int, default=None)
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="energy conservation, throughput, MD and relaxation: students against the teacher")
     v.add_argument("--teacher", required=True, help="teacher name (see `orbdistill teachers`), e.g. sevennet-0")
-    v.add_argument("--student", required=True, nargs="+", help="one or more student package folders")
+    v.add_argument("--student", required=True, nargs="+", help="one or more student packages (folders or names)")
     v.add_argument("--structure", default=None, help="structure file; default: the elemental reference crystal")
     v.add_argument("--out", required=True, help="output folder for report.md, report.json and plots")
     v.add_argument("--quick", action="store_true", help="reduced protocol (a few minutes on 2 cores)")
@@ -194,8 +195,16 @@ def main(argv=None) -> int:
         print(f"orbdistill {args.command}: interrupted; finished work is saved, run the same command to resume.",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"orbdistill {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        if args.verbose:  # -v: the whole traceback, causes included
+            import traceback
+
+            traceback.print_exc()
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        for line in lines:
+            print(f"orbdistill {args.command}: error: {line}", file=sys.stderr)
+        if not args.verbose:
+            print(f"orbdistill {args.command}: (run with -v for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -140,3 +140,20 @@ def test_available_teachers_include_all_families():
     for n in ("orb-v3-conservative-inf-omat", "orb-v3-conservative-20-omat", "orb-v3-direct-20-omat",
               "orb-v3-conservative-inf-mpa", "orb-v2", "sevennet-0", "emt"):
         assert n in names
+
+
+def test_a_loader_that_renamed_weights_path_fails_instead_of_downloading():
+    """A future orb-models loader without ``weights_path`` must not silently get the
+    argument dropped (it would then download the published weights instead)."""
+    from orbdistill.teachers.orb import _call_with_supported
+
+    calls = []
+
+    def loader(device=None, precision=None, checkpoint=None):  # "weights_path" renamed
+        calls.append(checkpoint)
+
+    with pytest.raises(RuntimeError, match="weights_path.*not fall back to downloading"):
+        _call_with_supported(loader, required=("weights_path",), device="cpu", weights_path="/x.ckpt")
+    assert calls == []
+    _call_with_supported(loader, required=("weights_path",), device="cpu", compile=False)  # optional ones may go
+    assert calls == [None]

@@ -276,3 +276,24 @@ def test_a_student_that_collapses_a_structure_is_reported_not_fatal(tmp_path):
     assert drift["pass"] is False and "failed" in drift["detail"]
     assert not any("lattice" in r["target"] for r in s["targets"])  # no cell to compare
     assert (tmp_path / "report.md").exists() and "## Relaxation" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_errors_are_clear_and_verbose_shows_the_traceback(tmp_path, capsys):
+    from orbdistill.cli import main
+
+    rc = main(["export", "calculators/cu-sevennet-v2/model.pt"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.pt is a file, not a package folder" in err and "utf-8" not in err
+    assert "run with -v" in err
+    rc = main(["-v", "export", "calculators/cu-sevennet-v2/model.pt"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback (most recent call last)" in err
+
+
+def test_validate_with_a_missing_student_leaves_no_output_folder(tmp_path, capsys):
+    from orbdistill.cli import main
+
+    out = tmp_path / "report"
+    rc = main(["validate", "--teacher", "emt", "--student", str(tmp_path / "nope"), "--out", str(out), "--quick"])
+    assert rc == 2 and "No student package" in capsys.readouterr().err
+    assert not out.exists()

@@ -48,7 +48,9 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from orbdistill.config import build_config, config_dataclass
 from orbdistill.graph import min_pair_distance
 
-from .seeds import load_seeds, supercell
+from orbdistill.structures import supercell
+
+from .seeds import load_seeds
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,7 @@ def _random_strain(rng, max_strain):
 def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> List[Atoms]:
     """All frames of one task (before rejection)."""
     rng = np.random.default_rng(task["rng_seed"])
-    base = supercell(seeds[task["seed_index"]], task["size"])
+    base = supercell(seeds[task["seed_index"]], task["size"], at_least=False)
     calc = teacher.calculator()
     name = teacher.name
     proto = task["protocol"]

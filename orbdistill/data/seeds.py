@@ -1,12 +1,10 @@
-"""Seed structures: read them and expand them to supercells of a target size."""
+"""Seed structures: read them (supercells come from :func:`orbdistill.structures.supercell`)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import List, Sequence, Union
 
-import numpy as np
 from ase import Atoms
 
 
@@ -54,25 +52,3 @@ def load_seeds(specs: Union[Sequence, str, Atoms]) -> List[Atoms]:
     if not out:
         raise ValueError("No seed structures were given.")
     return out
-
-
-def supercell(atoms: Atoms, target_atoms: int, max_repeat: int = 8) -> Atoms:
-    """A diagonal supercell of ``atoms`` close to ``target_atoms``, as cubic as possible.
-
-    Non-periodic structures are returned unchanged.
-    """
-    if not atoms.pbc.any():
-        return atoms.copy()
-    n0 = len(atoms)
-    lengths = atoms.cell.lengths()
-    best, best_score = (1, 1, 1), np.inf
-    ranges = [range(1, max_repeat + 1) if p else range(1, 2) for p in atoms.pbc]
-    for reps in itertools.product(*ranges):
-        n = n0 * int(np.prod(reps))
-        size = np.array(reps) * lengths
-        per = size[atoms.pbc]
-        aspect = per.max() / per.min() if len(per) else 1.0
-        score = abs(np.log(n / target_atoms)) + 0.3 * np.log(aspect)
-        if score < best_score - 1e-12:
-            best, best_score = reps, score
-    return atoms.repeat(best)

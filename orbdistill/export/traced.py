@@ -127,7 +127,7 @@ def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphMod
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional forward, no pytree
     gm.graph.lint()
     gm.recompile()
-    return gm
+    return gm.eval()
 
 
 def metadata(model: StudentModel, dtype: torch.dtype, fmt: str, weights_sha256: Optional[str] = None) -> Dict[str, str]:

@@ -23,6 +23,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from orbdistill.structures import cu_fcc
+
 from .flops import OpCounter
 from .targets import Target, resolve_target
 
@@ -52,16 +54,9 @@ SPECIAL_OPS = {
 
 
 def default_structure(n_atoms_hint: int = 256, rattle: float = 0.01, seed: int = 0):
-    """Cu fcc (a = 3.61 Å) cubic supercell near ``n_atoms_hint`` atoms, rattled by
-    ``rattle`` Å (breaks exact ties in k-nearest-neighbour graphs)."""
-    from ase.build import bulk
-
-    unit = bulk("Cu", "fcc", a=3.61, cubic=True)
-    reps = max(1, int(round((n_atoms_hint / 4) ** (1 / 3))))
-    atoms = unit.repeat(reps)
-    if rattle:
-        atoms.rattle(rattle, seed=seed)
-    return atoms
+    """Cu fcc (a = 3.61 Å) near ``n_atoms_hint`` atoms, rattled by ``rattle`` Å (see
+    :func:`orbdistill.structures.cu_fcc`)."""
+    return cu_fcc(n_atoms_hint, rattle=rattle, seed=seed)
 
 
 def _shapes(obj, limit: int = 6):
@@ -159,19 +154,12 @@ def _timed_step(target: Target, inputs, device):
 
 def measure_memory(target_name: str, structure_path: Optional[str], n_atoms_hint: int, threads: int) -> dict:
     """Peak resident memory (MB) of one step in a fresh Python process (CPU)."""
-    cmd = [sys.executable, "-m", "orbdistill.profiling.memory", target_name, "--threads", str(threads),
-           "--n-atoms", str(n_atoms_hint)]
-    if structure_path:
-        cmd += ["--structure", str(structure_path)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        line = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-        if res.returncode != 0 or not line:
-            log.warning("memory probe failed: %s", res.stderr[-500:])
-            return {"error": res.stderr[-300:]}
-        return json.loads(line[-1])
-    except Exception as exc:  # pragma: no cover
-        return {"error": str(exc)}
+    from .memory import probe
+
+    out = probe(structure_path, target=target_name, n_atoms=n_atoms_hint, threads=threads)
+    if "error" in out:
+        log.warning("memory probe failed: %s", out["error"])
+    return out
 
 
 def analyze(

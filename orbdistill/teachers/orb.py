@@ -53,9 +53,21 @@ def _split_loader_result(result):
     return result, None
 
 
-def _call_with_supported(fn, **kwargs):
+def _call_with_supported(fn, required=(), **kwargs):
+    """Call ``fn`` with the keyword arguments it accepts. Optional ones it does not know
+    are dropped (they differ between orb-models releases); a ``required`` one it does not
+    know is an error: dropping ``weights_path`` would download the published weights
+    instead of loading the user's file."""
     params = inspect.signature(fn).parameters
-    accepted = {k: v for k, v in kwargs.items() if k in params}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [k for k in required if k in kwargs and k not in params and not takes_any]
+    if missing:
+        raise RuntimeError(
+            f"{getattr(fn, '__name__', fn)} of orb-models {orb_version()} takes no {', '.join(missing)} argument: "
+            "this release loads local checkpoints differently; orbdistill will not fall back to downloading. "
+            "Install an orb-models release orbdistill supports (0.5.x or 0.6.x)."
+        )
+    accepted = kwargs if takes_any else {k: v for k, v in kwargs.items() if k in params}
     return fn(**accepted)
 
 
@@ -123,7 +135,7 @@ def load_orb_model(name: str, weights: Optional[str] = None, device=None, precis
             check_orb_checkpoint(name, weights)
         kwargs["weights_path"] = weights
     try:
-        result = _call_with_supported(loader, **kwargs)
+        result = _call_with_supported(loader, required=("weights_path",), **kwargs)
     except FileNotFoundError:
         raise
     except (ConnectionError, OSError) as exc:

@@ -14,8 +14,8 @@ Example (a few minutes on 2 CPU cores)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -23,10 +23,14 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from orbdistill.config import build_config, config_dataclass
+from orbdistill.packages import file_sha256
+from orbdistill.structures import reference_crystal, supercell
 from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -35,46 +39,46 @@ SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic")
 REPORT_SCHEMA = 2  # bump when the content of a section changes: older reports are not resumed
 
 
-@dataclass
+@config_dataclass
 class ValidateConfig:
     """What ``validate`` runs. Times in fs/ps, temperatures in K, sizes in atoms."""
 
-    sections: Tuple[str, ...] = SECTIONS
-    min_atoms: int = 64                      # MD system: smallest supercell with at least this many atoms
+    sections: Tuple[Literal[SECTIONS], ...] = SECTIONS
+    min_atoms: PositiveInt = 64                      # MD system: smallest supercell with at least this many atoms
     # energy conservation (LAMBench-style protocol)
-    nve_steps: int = 10_000
-    teacher_nve_steps: Optional[int] = 2_000  # the teacher is slow on CPU; None = nve_steps
-    nve_timestep_fs: float = 1.0
-    nve_temperature_k: float = 300.0
-    nve_log_interval: int = 10
-    sweep_timesteps_fs: Tuple[float, ...] = (0.5, 1.0, 2.0)
-    sweep_ps: float = 0.5
+    nve_steps: Annotated[int, Field(ge=10)] = 10_000
+    teacher_nve_steps: Optional[Annotated[int, Field(ge=10)]] = 2_000  # the teacher is slow on CPU; None = nve_steps
+    nve_timestep_fs: PositiveFloat = 1.0
+    nve_temperature_k: PositiveFloat = 300.0
+    nve_log_interval: PositiveInt = 10
+    sweep_timesteps_fs: Tuple[PositiveFloat, ...] = (0.5, 1.0, 2.0)
+    sweep_ps: PositiveFloat = 0.5
     # throughput
-    throughput_sizes: Tuple[int, ...] = (32, 108, 256, 500, 864, 2048, 4000)
-    throughput_repeats: int = 3
-    max_step_seconds: float = 30.0           # a model slower than this skips larger sizes
-    backends: Tuple[str, ...] = ("torch", "compile", "torchscript", "onnx")  # exported ones where the package has the file
+    throughput_sizes: Tuple[PositiveInt, ...] = (32, 108, 256, 500, 864, 2048, 4000)
+    throughput_repeats: PositiveInt = 3
+    max_step_seconds: PositiveFloat = 30.0           # a model slower than this skips larger sizes
+    backends: Tuple[Literal["torch", "compile", "torchscript", "onnx"], ...] = ("torch", "compile", "torchscript", "onnx")  # exported ones where the package has the file
     memory_probe: bool = True                # CPU: peak step memory in a fresh process per model and size
     include_emt: bool = True                 # ASE's EMT as the classical reference, where it has the elements
     # MD agreement
-    md_temperatures_k: Tuple[float, ...] = (300.0, 900.0)
-    md_timestep_fs: float = 2.0
-    md_equilibration_steps: int = 250
-    md_steps: int = 1_000
-    md_sample_interval: int = 10
-    rdf_r_max: float = 6.0
-    rdf_bins: int = 120
-    parity_frames: int = 20
+    md_temperatures_k: Tuple[PositiveFloat, ...] = (300.0, 900.0)
+    md_timestep_fs: PositiveFloat = 2.0
+    md_equilibration_steps: NonNegativeInt = 250
+    md_steps: PositiveInt = 1_000
+    md_sample_interval: PositiveInt = 10
+    rdf_r_max: PositiveFloat = 6.0
+    rdf_bins: PositiveInt = 120
+    parity_frames: PositiveInt = 20
     # relaxation and properties
-    relax_starts: int = 3                    # perturbed starting structures
-    relax_fmax: float = 0.01
-    relax_steps: int = 500
-    optimizer: str = "FIRE"
-    eos_points: int = 7
-    eos_max_strain: float = 0.02
-    elastic_strain: float = 0.005
+    relax_starts: NonNegativeInt = 3                    # perturbed starting structures
+    relax_fmax: PositiveFloat = 0.01
+    relax_steps: PositiveInt = 500
+    optimizer: Literal["FIRE", "BFGS"] = "FIRE"
+    eos_points: Annotated[int, Field(ge=5)] = 7
+    eos_max_strain: Annotated[float, Field(gt=0, lt=0.2)] = 0.02
+    elastic_strain: Annotated[float, Field(gt=0, lt=0.05)] = 0.005
     relax_ions: bool = False                 # relaxed-ion EOS/elastic constants (needed for non-Bravais cells)
-    seed: int = 0
+    seed: NonNegativeInt = 0
     progress: bool = True
 
     @classmethod
@@ -85,14 +89,14 @@ class ValidateConfig:
                     md_equilibration_steps=40, md_steps=120, md_sample_interval=5, parity_frames=5,
                     relax_starts=1, relax_steps=200, eos_points=5)
         base.update(overrides)
-        return cls(**base)
+        return build_config(cls, base, "validate")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ValidateConfig":
+        return build_config(cls, d, "validate")
 
     def check(self) -> None:
-        bad = [s for s in self.sections if s not in SECTIONS]
-        if bad:
-            raise ValueError(f"Unknown validation sections {bad}; choose from {SECTIONS}.")
-        if self.nve_steps < 10:
-            raise ValueError(f"nve_steps must be >= 10, got {self.nve_steps}")
+        """Types and ranges are checked when the config is built; kept for callers."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,96 +146,6 @@ def build_models(teacher: str, students: Sequence, device: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------------------
-# structures
-
-def default_structure(species: Sequence[str]):
-    """The ASE reference crystal of a single element (cubic cell where one exists)."""
-    from ase.build import bulk
-
-    if len(species) != 1:
-        raise ValueError(f"The students cover several elements ({', '.join(species)}); pass --structure FILE.")
-    try:
-        return bulk(species[0], cubic=True)
-    except Exception:
-        try:
-            return bulk(species[0])
-        except Exception as exc:
-            raise ValueError(f"ASE has no reference crystal for {species[0]}; pass --structure FILE.") from exc
-
-
-def supercell(atoms, n_target: int, at_least: bool = True):
-    """The most compact repetition of ``atoms`` with at least (or closest to) ``n_target`` atoms.
-
-    Repetitions are chosen to keep the perpendicular widths of the supercell as equal as
-    possible; non-periodic axes are never repeated (a molecule is returned as it is).
-    """
-    n0 = len(atoms)
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if not pbc.any():
-        return atoms.copy()
-    cell = atoms.cell.array
-    vol = abs(np.linalg.det(cell))
-    if pbc.all() and vol > 0:
-        widths = np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
-    else:
-        widths = np.linalg.norm(cell, axis=1)
-    axes = np.flatnonzero(pbc)
-    w = widths[axes]
-    k = max(1.0, (n_target / n0) ** (1 / len(axes)))
-    ideal = k * np.prod(w) ** (1 / len(axes)) / w
-    best, best_key = None, None
-    ranges = [range(max(1, int(np.floor(x)) - 1), int(np.ceil(x)) + 2) for x in ideal]
-    for reps in itertools.product(*ranges):
-        n = n0 * int(np.prod(reps))
-        if at_least and n < n_target:
-            continue
-        ws = w * np.array(reps)
-        key = (n / n_target if at_least else abs(n - n_target) / n_target) + 0.5 * (ws.max() / ws.min() - 1.0)
-        if best_key is None or key < best_key:
-            best, best_key = reps, key
-    if best is None:
-        best = tuple(int(np.ceil(x)) for x in ideal)
-    full = [1, 1, 1]
-    for ax, r in zip(axes, best):
-        full[ax] = int(r)
-    return atoms.repeat(full)
-
-
-# ----------------------------------------------------------------------------------------
-# memory
-
-def step_memory(calc, atoms) -> dict:
-    """Extra memory one energy+forces+stress call needs (MB).
-
-    CUDA: ``torch.cuda.max_memory_allocated`` over the call. CPU (Linux): the resident-set
-    high-water mark after resetting it (``/proc/self/clear_refs``), minus the resident set
-    before the call; this measures what the step adds to an already loaded model.
-    """
-    import torch
-
-    from orbdistill.profiling.memory import _reset_peak, _status_mb
-
-    from .memprobe import _step
-
-    at = atoms.copy()
-    at.calc = calc
-    dev = str(getattr(calc, "device", "cpu"))
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        _step(at, 1e-4)
-        torch.cuda.synchronize()
-        return {"peak_step_mb": (torch.cuda.max_memory_allocated() - base) / 2 ** 20, "method": "cuda max_memory_allocated"}
-    if not _reset_peak():
-        return {"peak_step_mb": None, "method": "unavailable (no /proc/self/clear_refs)"}
-    base = _status_mb("VmRSS")
-    _step(at, 1e-4)
-    peak = _status_mb("VmHWM")
-    return {"peak_step_mb": max(0.0, peak - base), "method": "VmHWM - VmRSS before the step (Linux, same process)"}
-
-
-# ----------------------------------------------------------------------------------------
 # the suite
 
 def _species(atoms) -> List[str]:
@@ -270,13 +184,192 @@ def _fingerprint(teacher, students, structure, cfg: ValidateConfig, dtype: str) 
     conf = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     def identity(pkg):  # a retrained package at the same path must not reuse old results
         f = Path(pkg) / "model.pt"
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.exists() else None
-        return [str(Path(pkg).resolve()), digest]
+        return [str(Path(pkg).resolve()), file_sha256(f)[:16] if f.exists() else None]
 
     payload = {"schema": REPORT_SCHEMA, "teacher": teacher, "students": [identity(s) for s in students], "dtype": dtype,
                "numbers": structure.numbers.tolist(), "positions": np.round(structure.positions, 6).tolist(),
                "cell": np.round(structure.cell.array, 6).tolist(), "pbc": structure.pbc.tolist(), "config": _strip(conf)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ValidationRun:
+    """What every section reads and writes: the models, the structures and the summary."""
+
+    cfg: ValidateConfig
+    models: List[Model]
+    structure: object
+    out: Path
+    summary: dict
+    device: Optional[str]
+    relaxed: Dict[str, object] = field(default_factory=dict)
+    system: object = None          # the MD system: a supercell of the teacher-relaxed structure
+    md_start: object = None
+
+    @property
+    def teacher(self) -> Model:
+        return self.models[0]
+
+    def save(self) -> None:
+        atomic_write_text(self.out / "report.json", json.dumps(_strip(self.summary), indent=1))
+
+    @contextlib.contextmanager
+    def timed(self, section: str):
+        t0 = time.perf_counter()
+        log.info("validate: %s", section)
+        try:
+            yield
+        finally:
+            self.summary["timing_s"][section] = time.perf_counter() - t0
+            self.save()
+
+    def pending(self, section: str) -> List[Model]:
+        """Models whose result for ``section`` is not in the (resumed) summary yet."""
+        return [m for m in self.models if m.name not in self.summary.get(section, {})]
+
+
+def _prepare_structures(run: ValidationRun) -> None:
+    """Relax every model's structure (its own minimum feeds EOS and elastic constants; the
+    teacher's starts the MD of every model) and, with "relax" on, from perturbed starts."""
+    from ase.io import read, write
+
+    from . import relax as rv
+
+    cfg, summary = run.cfg, run.summary
+    files = {m.name: run.out / f"relaxed_{m.name}.extxyz" for m in run.models}
+    if "relax" in summary and all(f.exists() for f in files.values()):
+        run.relaxed = {name: read(f) for name, f in files.items()}
+    else:
+        with run.timed("relax"):
+            res = {}
+            for m in run.models:
+                r0 = _guarded(rv.relax, m.calc, run.structure, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
+                              optimizer=cfg.optimizer)
+                # a model that cannot relax the input still gets EOS/elastic/MD from the input itself
+                run.relaxed[m.name] = r0.get("atoms", run.structure)
+                write(files[m.name].with_suffix(".tmp.extxyz"), run.relaxed[m.name])
+                os.replace(files[m.name].with_suffix(".tmp.extxyz"), files[m.name])
+                starts = []
+                if "relax" in cfg.sections:
+                    for k in range(cfg.relax_starts):
+                        start = rv.perturbed(run.structure, seed=cfg.seed + k)
+                        starts.append(_guarded(rv.relax, m.calc, start, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
+                                               optimizer=cfg.optimizer))
+                res[m.name] = {"from_input": r0, "from_perturbed": starts}
+            summary["relax"] = _relax_comparison(res, run.teacher.name)
+    run.md_start = run.relaxed.get(run.teacher.name, run.structure)
+    run.system = supercell(run.md_start, cfg.min_atoms)
+    summary["md_system"] = {"formula": run.system.get_chemical_formula(), "n_atoms": len(run.system),
+                            "cell": run.system.cell.array.tolist(),
+                            "from": "teacher-relaxed structure" if run.relaxed else "input"}
+
+
+def _section_eos(run: ValidationRun) -> None:
+    from . import relax as rv
+
+    if not all(run.structure.pbc) or "eos" in run.summary:
+        return
+    with run.timed("eos"):
+        eos = {m.name: _guarded(rv.equation_of_state, m.calc, run.relaxed[m.name], max_linear_strain=run.cfg.eos_max_strain,
+                                points=run.cfg.eos_points, relax_ions=run.cfg.relax_ions) for m in run.models}
+        run.summary["eos"] = _compare(eos, run.teacher.name, ("bulk_modulus_gpa", "v0_a3"), relative=True)
+
+
+def _section_elastic(run: ValidationRun) -> None:
+    from . import relax as rv
+
+    if not all(run.structure.pbc) or "elastic" in run.summary:
+        return
+    with run.timed("elastic"):
+        el = {m.name: _guarded(rv.elastic_constants, m.calc, run.relaxed[m.name], strain=run.cfg.elastic_strain,
+                               relax_ions=run.cfg.relax_ions) for m in run.models}
+        run.summary["elastic"] = _compare(el, run.teacher.name, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
+                                          relative=True)
+
+
+def _section_nve(run: ValidationRun) -> None:
+    from . import nve as nvev
+
+    cfg = run.cfg
+    if not run.pending("nve"):
+        return
+    with run.timed("nve"):
+        nve = dict(run.summary.get("nve", {}))
+        for m in run.pending("nve"):
+            steps = cfg.teacher_nve_steps if (m.role == "teacher" and cfg.teacher_nve_steps) else cfg.nve_steps
+            nve[m.name] = nvev.run_nve(m.calc, run.system, steps=steps, timestep_fs=cfg.nve_timestep_fs,
+                                       temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
+                                       log_interval=cfg.nve_log_interval, progress=cfg.progress, label=m.name)
+            run.summary["nve"] = nve
+            run.save()
+
+
+def _section_sweep(run: ValidationRun) -> None:
+    from . import nve as nvev
+
+    cfg = run.cfg
+    if not run.pending("sweep"):
+        return
+    with run.timed("sweep"):
+        sweep = dict(run.summary.get("sweep", {}))
+        for m in run.pending("sweep"):
+            sweep[m.name] = nvev.timestep_sweep(m.calc, run.system, cfg.sweep_timesteps_fs, cfg.sweep_ps, label=m.name,
+                                                temperature_k=cfg.nve_temperature_k, seed=cfg.seed, progress=cfg.progress)
+            run.summary["sweep"] = sweep
+            run.save()
+
+
+def _section_md(run: ValidationRun) -> None:
+    from . import md as mdv
+
+    cfg, system, tname = run.cfg, run.system, run.teacher.name
+    todo = [T for T in cfg.md_temperatures_k if f"{T:g}K" not in run.summary.get("md", {})]
+    if not todo:
+        return
+    with run.timed("md"):
+        md = dict(run.summary.get("md", {}))
+        for T in todo:
+            runs = {m.name: mdv.run_nvt(m.calc, system, T, cfg.md_steps, cfg.md_equilibration_steps,
+                                        cfg.md_timestep_fs, cfg.md_sample_interval, seed=cfg.seed,
+                                        progress=cfg.progress, label=m.name) for m in run.models}
+            rdfs = {k: mdv.rdf(r["frames"], cfg.rdf_r_max, cfg.rdf_bins) for k, r in runs.items() if r["frames"]}
+            msds = {k: mdv.msd(r["frames"], r["time_ps"]) for k, r in runs.items() if r["frames"]}
+            teacher_frames = mdv.subsample(runs[tname]["frames"][1:], cfg.parity_frames)
+            entry = {"temperature_k": T, "models": {}}
+            for m in run.models:
+                r = runs[m.name]
+                e = {"mean_temperature_k": float(np.mean(r["temperature_k"])) if r["temperature_k"] else None,
+                     "mean_potential_ev_atom": float(np.mean(r["potential_ev"]) / len(system)) if r["potential_ev"] else None,
+                     "failed": r["failed"], "seconds": r["seconds"], "rdf": rdfs.get(m.name), "msd": msds.get(m.name)}
+                if m.role != "teacher" and m.name in rdfs:
+                    e["rdf_overlap"] = mdv.rdf_overlap(rdfs[tname]["g"], rdfs[m.name]["g"])
+                    e["msd_final_ratio"] = float(msds[m.name]["msd_a2"][-1] / max(msds[tname]["msd_a2"][-1], 1e-12))
+                    e["parity_on_teacher_frames"] = _guarded(mdv.parity_on_frames, run.teacher.calc, m.calc, teacher_frames)
+                entry["models"][m.name] = e
+            md[f"{T:g}K"] = entry
+            run.summary["md"] = md
+            run.save()
+
+
+def _section_throughput(run: ValidationRun) -> None:
+    from .throughput import time_step
+
+    with run.timed("throughput"):
+        run.summary["throughput"] = _throughput(run.models, run.md_start, run.cfg, run.device, time_step, run.out)
+
+
+#: section name -> what runs it, in the order they run (relaxation always runs first: its
+#: structures start every other section; "relax" in the config adds the perturbed starts)
+SECTION_RUNNERS: Dict[str, Callable[[ValidationRun], None]] = {
+    "relax": lambda run: None,
+    "eos": _section_eos,
+    "elastic": _section_elastic,
+    "nve": _section_nve,
+    "sweep": _section_sweep,
+    "md": _section_md,
+    "throughput": _section_throughput,
+}
+assert set(SECTION_RUNNERS) == set(SECTIONS)
 
 
 def validate(teacher: str, students: Sequence, out, structure=None, config: Optional[ValidateConfig] = None,
@@ -286,8 +379,8 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
 
     Args:
         teacher: teacher name (``orbdistill teachers`` lists them), e.g. "sevennet-0"
-        students: student package folders
-        out: output folder (created)
+        students: student packages (folders or names)
+        out: output folder (created once the teacher and students have loaded)
         structure: ``ase.Atoms`` or a file; default: the ASE reference crystal when the
             students cover a single element
         config: a :class:`ValidateConfig` (default: the full protocol)
@@ -302,18 +395,12 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     """
     import torch
 
-    from . import md as mdv
-    from . import nve as nvev
-    from . import relax as rv
     from .report import write_report
-    from .throughput import time_step
 
     cfg = config or ValidateConfig()
     cfg.check()
     if threads:
         torch.set_num_threads(int(threads))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not students:
         raise ValueError("validate needs at least one student package")
     if dtype not in ("float32", "float64"):
@@ -322,7 +409,7 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     tmodel = models[0]
     if structure is None:
         species = sorted({s for m in models[1:] for s in (m.info.get("species") or [])})
-        structure = default_structure(species)
+        structure = reference_crystal(species)
     elif isinstance(structure, (str, os.PathLike)):
         from orbdistill.io import read_structure
 
@@ -333,9 +420,11 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
     tmodel._teacher.check_species(structure)
     for m in models[1:]:
         m.calc.check_species(structure)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad input leaves no empty folder
 
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    fingerprint = _fingerprint(teacher, students, structure, cfg, dtype)
+    fingerprint = _fingerprint(teacher, [m.info["package"] for m in models[1:]], structure, cfg, dtype)
     prev = {}
     if resume and (out / "report.json").exists():
         try:
@@ -358,127 +447,19 @@ def validate(teacher: str, students: Sequence, out, structure=None, config: Opti
                         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                         "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
                         "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-        "timing_s": {},
+        "timing_s": dict(prev.get("timing_s", {})),
     }
-
-    for key in ("relax", "eos", "elastic", "nve", "sweep", "md", "throughput", "md_system"):
+    for key in list(SECTIONS) + ["md_system"]:
         if key in prev:
             summary[key] = prev[key]
-    summary["timing_s"] = dict(prev.get("timing_s", {}))
-
-    def save():
-        atomic_write_text(out / "report.json", json.dumps(_strip(summary), indent=1))
-
-    def timed(section):
-        class _T:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                log.info("validate: %s", section)
-
-            def __exit__(self, *exc):
-                summary["timing_s"][section] = time.perf_counter() - self.t
-                save()
-        return _T()
-
-    # --- relaxation first: the teacher's relaxed structure starts the MD of every model
-    from ase.io import read, write
-
-    relaxed = {}
-    files = {m.name: out / f"relaxed_{m.name}.extxyz" for m in models}
-    if "relax" in summary and all(f.exists() for f in files.values()):
-        relaxed = {name: read(f) for name, f in files.items()}
-    else:  # every model's own minimum feeds EOS and elastic constants; the teacher's starts the MD
-        with timed("relax"):
-            res = {}
-            for m in models:
-                r0 = _guarded(rv.relax, m.calc, structure, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
-                              optimizer=cfg.optimizer)
-                # a model that cannot relax the input still gets EOS/elastic/MD from the input itself
-                relaxed[m.name] = r0.get("atoms", structure)
-                write(files[m.name].with_suffix(".tmp.extxyz"), relaxed[m.name])
-                os.replace(files[m.name].with_suffix(".tmp.extxyz"), files[m.name])
-                starts = []
-                if "relax" in cfg.sections:
-                    for k in range(cfg.relax_starts):
-                        start = rv.perturbed(structure, seed=cfg.seed + k)
-                        starts.append(_guarded(rv.relax, m.calc, start, fmax=cfg.relax_fmax, steps=cfg.relax_steps,
-                                               optimizer=cfg.optimizer))
-                res[m.name] = {"from_input": r0, "from_perturbed": starts}
-            summary["relax"] = _relax_comparison(res, tmodel.name)
-    md_start = relaxed.get(tmodel.name, structure)
-    system = supercell(md_start, cfg.min_atoms)
-    summary["md_system"] = {"formula": system.get_chemical_formula(), "n_atoms": len(system),
-                            "cell": system.cell.array.tolist(), "from": "teacher-relaxed structure" if relaxed else "input"}
-
-    if "eos" in cfg.sections and all(structure.pbc) and "eos" not in summary:
-        with timed("eos"):
-            eos = {m.name: _guarded(rv.equation_of_state, m.calc, relaxed[m.name], max_linear_strain=cfg.eos_max_strain,
-                                    points=cfg.eos_points, relax_ions=cfg.relax_ions) for m in models}
-            summary["eos"] = _compare(eos, tmodel.name, ("bulk_modulus_gpa", "v0_a3"), relative=True)
-    if "elastic" in cfg.sections and all(structure.pbc) and "elastic" not in summary:
-        with timed("elastic"):
-            el = {m.name: _guarded(rv.elastic_constants, m.calc, relaxed[m.name], strain=cfg.elastic_strain,
-                                   relax_ions=cfg.relax_ions) for m in models}
-            summary["elastic"] = _compare(el, tmodel.name, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
-                                          relative=True)
-
-    if "nve" in cfg.sections and any(m.name not in summary.get("nve", {}) for m in models):
-        with timed("nve"):
-            nve = dict(summary.get("nve", {}))
-            for m in models:
-                if m.name in nve:
-                    continue
-                steps = cfg.teacher_nve_steps if (m.role == "teacher" and cfg.teacher_nve_steps) else cfg.nve_steps
-                nve[m.name] = nvev.run_nve(m.calc, system, steps=steps, timestep_fs=cfg.nve_timestep_fs,
-                                           temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
-                                           log_interval=cfg.nve_log_interval, progress=cfg.progress, label=m.name)
-                summary["nve"] = nve
-                save()
-    if "sweep" in cfg.sections and any(m.name not in summary.get("sweep", {}) for m in models):
-        with timed("sweep"):
-            sweep = dict(summary.get("sweep", {}))
-            for m in models:
-                if m.name not in sweep:
-                    sweep[m.name] = nvev.timestep_sweep(m.calc, system, cfg.sweep_timesteps_fs, cfg.sweep_ps, label=m.name,
-                                                        temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
-                                                        progress=cfg.progress)
-                    summary["sweep"] = sweep
-                    save()
-
-    if "md" in cfg.sections and any(f"{T:g}K" not in summary.get("md", {}) for T in cfg.md_temperatures_k):
-        with timed("md"):
-            md = dict(summary.get("md", {}))
-            for T in cfg.md_temperatures_k:
-                if f"{T:g}K" in md:
-                    continue
-                runs = {m.name: mdv.run_nvt(m.calc, system, T, cfg.md_steps, cfg.md_equilibration_steps,
-                                            cfg.md_timestep_fs, cfg.md_sample_interval, seed=cfg.seed,
-                                            progress=cfg.progress, label=m.name) for m in models}
-                rdfs = {k: mdv.rdf(r["frames"], cfg.rdf_r_max, cfg.rdf_bins) for k, r in runs.items() if r["frames"]}
-                msds = {k: mdv.msd(r["frames"], r["time_ps"]) for k, r in runs.items() if r["frames"]}
-                teacher_frames = mdv.subsample(runs[tmodel.name]["frames"][1:], cfg.parity_frames)
-                entry = {"temperature_k": T, "models": {}}
-                for m in models:
-                    r = runs[m.name]
-                    e = {"mean_temperature_k": float(np.mean(r["temperature_k"])) if r["temperature_k"] else None,
-                         "mean_potential_ev_atom": float(np.mean(r["potential_ev"]) / len(system)) if r["potential_ev"] else None,
-                         "failed": r["failed"], "seconds": r["seconds"], "rdf": rdfs.get(m.name), "msd": msds.get(m.name)}
-                    if m.role != "teacher" and m.name in rdfs:
-                        e["rdf_overlap"] = mdv.rdf_overlap(rdfs[tmodel.name]["g"], rdfs[m.name]["g"])
-                        e["msd_final_ratio"] = float(msds[m.name]["msd_a2"][-1] / max(msds[tmodel.name]["msd_a2"][-1], 1e-12))
-                        e["parity_on_teacher_frames"] = _guarded(mdv.parity_on_frames, tmodel.calc, m.calc, teacher_frames)
-                    entry["models"][m.name] = e
-                md[f"{T:g}K"] = entry
-                summary["md"] = md
-                save()
-
-    if "throughput" in cfg.sections:
-        with timed("throughput"):
-            summary["throughput"] = _throughput(models, md_start, cfg, device, time_step, out)
-
+    run = ValidationRun(cfg=cfg, models=models, structure=structure, out=out, summary=summary, device=device)
+    _prepare_structures(run)
+    for name, section in SECTION_RUNNERS.items():
+        if name in cfg.sections:
+            section(run)
     summary["targets"] = _targets(summary, tmodel.name)
     summary["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
+    run.save()
     write_report(summary, out)
     return _strip(summary)
 
@@ -569,7 +550,7 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
 
     from orbdistill.calculator import StudentCalculator
 
-    from .memprobe import probe
+    from orbdistill.profiling.memory import calculator_step_memory, probe
 
     entries: List[Tuple[str, str, Callable, Optional[str]]] = []
     for m in models:
@@ -602,12 +583,13 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
                 if backend == "compile" and not cuda:  # a fresh process would spend its time recompiling
                     mem = {"peak_step_mb": None, "method": "not measured for compile on CPU"}
                 elif cuda or not cfg.memory_probe or spec is None:
-                    mem = step_memory(calc, atoms)
+                    mem = calculator_step_memory(calc, atoms)
                 else:
                     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
                         f = Path(tmp) / "structure.extxyz"
                         write(f, atoms)
-                        mem = probe(spec, str(f), threads=torch.get_num_threads(), dtype=models[-1].info.get("dtype", "float32"))
+                        mem = probe(str(f), calculator=spec, threads=torch.get_num_threads(),
+                                    dtype=models[-1].info.get("dtype", "float32"))
             except Exception as exc:
                 log.warning("throughput %s at %d atoms failed: %s", name, len(atoms), exc)
                 rows.append({"model": name, "backend": backend, "n_atoms": len(atoms), "error": str(exc)[:300]})

@@ -17,18 +17,9 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
+from orbdistill.structures import cu_fcc
+
 log = logging.getLogger(__name__)
-
-
-def cu_fcc(n_atoms: int, a: float = 3.61, rattle: float = 0.05, seed: int = 0):
-    """Cu fcc cubic supercell with about ``n_atoms`` atoms (4 * k^3), rattled ``rattle`` Å."""
-    from ase.build import bulk
-
-    k = max(1, int(round((n_atoms / 4) ** (1 / 3))))
-    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(k)
-    if rattle:
-        atoms.rattle(rattle, seed=seed)
-    return atoms
 
 
 def _sync(calc):
