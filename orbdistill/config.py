@@ -1,29 +1,22 @@
-"""Configurations: typed, range-checked, and checked whole before any work starts.
+"""Config building blocks: typed, range-checked dataclasses and one-line errors.
 
-Sections of a distillation config are pydantic dataclasses (``GenerateConfig``,
-``TrainConfig``): a wrong type, a value out of range or an unknown key is a
-:class:`ConfigError` whose lines each name the key, the value and what is allowed::
+Config sections (``GenerateConfig``, ``TrainConfig``, ``ValidateConfig``) are pydantic
+dataclasses made with :func:`config_dataclass`; :func:`build_config` turns a wrong type, a
+value out of range or an unknown key into a :class:`ConfigError` whose lines each name the
+key, the value and what is allowed::
 
-    orbdistill: config workflows/x.json: train.batch_size = 0: must be > 0
-    orbdistill: config workflows/x.json: generate.seeds = 'x.cif': must be a list (e.g. ["x.cif"])
+    train.batch_size = 0: must be greater than 0
+    generate.seeds = 'x.cif': must be a list (e.g. ['x.cif'])
 
-:func:`load_distill_config` reads JSON, YAML or TOML, validates every section, resolves
-every relative path against the folder of the config file (seeds, ``work_dir``,
-``package_dir``, ``teacher.weights``), passes a top-level ``device`` on to training, and
-builds the student once on the seeds' elements, so a bad student setting fails in seconds,
-not after the teacher has labelled for half an hour.
-
-Model configs (``V1Config``, ...) stay plain dataclasses: loading a student needs no pydantic.
+The whole distillation config is checked by :mod:`orbdistill.distill_config`. Model configs
+(``V1Config``, ...) stay plain dataclasses: loading a student needs no pydantic. This module
+imports nothing else of orbdistill.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import os
-from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -108,209 +101,3 @@ def build_config(cls, values: Any, section: str):
         raise ConfigError(_format_pydantic(exc, section, cls)) from None
     except TypeError as exc:  # unknown keyword
         raise ConfigError(f"{section}: {exc}") from None
-
-
-# ------------------------------------------------------------------------------------------
-# the distillation config
-
-TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads")
-TEACHER_KEYS = ("name", "weights", "precision")
-STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
-
-
-def read_config_file(path) -> dict:
-    """A config file as a dict: ``.json``, ``.yaml``/``.yml`` or ``.toml``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Config file {path} does not exist.")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        elif suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        kind = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}.get(suffix, "JSON")
-        raise ConfigError(f"Config {path} is not valid {kind}: {' '.join(str(exc).split())}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config {path} must hold a mapping of sections, got {type(data).__name__}.")
-    return data
-
-
-def _resolve(value, base: Path):
-    if value is None:
-        return None
-    text = os.fspath(value)
-    if text.startswith("bulk:") or "://" in text or text == "random":
-        return text
-    p = Path(text).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _check_choice(errors, key, value, allowed):
-    if value not in allowed:
-        errors.append(f"{key} = {value!r}: must be one of {', '.join(map(str, allowed))}")
-
-
-def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optional[Path] = None,
-                        check_student: bool = True) -> dict:
-    """Read and validate a whole distillation config; return it as a plain dict with every
-    default filled in and every path absolute. Raises :class:`ConfigError` (all problems,
-    one per line) before any work starts.
-
-    A dict given directly resolves relative paths against ``base_dir`` (default: the
-    current directory). A dict that carries ``_base_dir`` (what this function returns) is
-    accepted again unchanged in meaning.
-    """
-    from orbdistill.data.generate import GenerateConfig
-    from orbdistill.training.trainer import TrainConfig
-
-    if isinstance(source, dict):
-        raw = copy.deepcopy(source)
-        origin = "config"
-        base = Path(raw.pop("_base_dir", None) or base_dir or Path.cwd())
-    else:
-        raw = read_config_file(source)
-        origin = f"config {source}"
-        base = Path(source).resolve().parent
-    errors = []
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        errors.append(f"unknown top-level keys {unknown}; valid: {', '.join(TOP_KEYS)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
-        errors.append(f"name = {name!r}: required, a non-empty string without slashes (it names the package)")
-    teacher = raw.get("teacher")
-    if not isinstance(teacher, dict) or not isinstance(teacher.get("name"), str):
-        errors.append(f"teacher = {teacher!r}: required, a mapping with a 'name' (see `orbdistill teachers`)")
-        teacher = {}
-    else:
-        bad = sorted(set(teacher) - set(TEACHER_KEYS))
-        if bad:
-            errors.append(f"teacher: unknown keys {bad}; valid: {', '.join(TEACHER_KEYS)}")
-    student = raw.get("student", {"kind": "v2"})
-    if not isinstance(student, dict):
-        errors.append(f"student = {student!r}: must be a mapping")
-        student = {}
-    bad = sorted(set(student) - set(STUDENT_KEYS))
-    if bad:
-        errors.append(f"student: unknown keys {bad}; valid: {', '.join(STUDENT_KEYS)}")
-    from orbdistill.models import STUDENT_KINDS
-
-    student.setdefault("kind", "v2")
-    _check_choice(errors, "student.kind", student["kind"], sorted(STUDENT_KINDS))
-    if not isinstance(student.get("overrides", {}), dict):
-        errors.append(f"student.overrides = {student.get('overrides')!r}: must be a mapping of model config fields")
-    if "init_from_teacher" in student and not isinstance(student["init_from_teacher"], bool):
-        errors.append(f"student.init_from_teacher = {student['init_from_teacher']!r}: must be true or false")
-    species = student.get("species")
-    if species is not None and (not isinstance(species, list) or not species):
-        errors.append(f"student.species = {species!r}: must be a non-empty list of elements (e.g. [\"Cu\"]) or null")
-
-    sections = {}
-    for key, cls in (("generate", GenerateConfig), ("train", TrainConfig)):
-        values = raw.get(key, {})
-        if key == "train" and isinstance(values, dict) and "device" not in values and raw.get("device"):
-            values = dict(values, device=raw["device"])  # the top-level device reaches training
-        try:
-            sections[key] = build_config(cls, values, key)
-        except ConfigError as exc:
-            errors.extend(str(exc).splitlines())
-    split = raw.get("split", [0.8, 0.1, 0.1])
-    if not (isinstance(split, (list, tuple)) and len(split) == 3 and all(isinstance(x, (int, float)) for x in split)
-            and min(split) >= 0 and split[0] > 0 and split[1] > 0 and abs(sum(split) - 1) < 1e-6):
-        errors.append(f"split = {split!r}: three fractions (train, validation, test) >= 0 summing to 1, "
-                      "with train and validation > 0")
-    threads = raw.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        errors.append(f"threads = {threads!r}: must be a whole number >= 1")
-    device = raw.get("device")
-    if device is not None and (not isinstance(device, str) or not (device in ("cpu", "auto", "mps") or device.startswith("cuda"))):
-        errors.append(f"device = {device!r}: must be 'cpu', 'cuda', 'cuda:N' or 'auto'")
-    if errors:
-        raise ConfigError("\n".join(f"{origin}: {e}" for e in errors))
-
-    gen = sections["generate"]
-    gen.seeds = [_resolve(s, base) for s in gen.seeds]
-    out = {
-        "name": name,
-        "teacher": {"name": teacher["name"], "weights": _resolve(teacher.get("weights"), base),
-                    **({"precision": teacher["precision"]} if teacher.get("precision") else {})},
-        "student": {"kind": student["kind"], "species": species, "overrides": dict(student.get("overrides", {})),
-                    "init_from_teacher": bool(student.get("init_from_teacher", False))},
-        "generate": dataclasses.asdict(gen),
-        "train": dataclasses.asdict(sections["train"]),
-        "split": [float(x) for x in split],
-        "work_dir": _resolve(raw.get("work_dir") or f"runs/{name}", base),
-        "package_dir": _resolve(raw.get("package_dir") or f"calculators/{name}", base),
-        "device": device,
-        "threads": threads,
-        "_base_dir": str(base),
-    }
-    _check_teacher(out, origin)
-    if check_student:
-        check_student_config(out, origin)
-    return out
-
-
-def _check_teacher(cfg: dict, origin: str) -> None:
-    from orbdistill.teachers import ORB_NAMES, available_teachers
-
-    t = cfg["teacher"]
-    key = t["name"].strip().lower()
-    if key not in available_teachers():
-        raise ConfigError(f"{origin}: teacher.name = {t['name']!r}: unknown; valid: {', '.join(available_teachers())}")
-    w = t.get("weights")
-    if w is not None and key not in ORB_NAMES:
-        raise ConfigError(f"{origin}: teacher.weights = {w!r}: only Orb teachers take weights")
-    if w not in (None, "random") and "://" not in w and not os.path.exists(w):
-        raise ConfigError(f"{origin}: teacher.weights = {w!r}: no such checkpoint file")
-
-
-def check_student_config(cfg: dict, origin: str = "config") -> None:
-    """Build the student once on the species it will have, so that a bad kind, field,
-    type or width fails now rather than after the teacher has labelled the data."""
-    from orbdistill.data.seeds import load_seeds
-    from orbdistill.models import build_student
-
-    s = cfg["student"]
-    species = s.get("species")
-    if not species:
-        try:
-            species = sorted({int(z) for a in load_seeds(cfg["generate"]["seeds"]) for z in a.numbers})
-        except Exception as exc:
-            raise ConfigError(f"{origin}: generate.seeds: {exc}") from None
-    if s.get("init_from_teacher"):
-        from orbdistill.teachers import ORB_NAMES
-
-        if s["kind"] != "v1" or cfg["teacher"]["name"].strip().lower() not in ORB_NAMES:
-            raise ConfigError(f"{origin}: student.init_from_teacher = true needs student.kind 'v1' and an Orb teacher "
-                              f"(got kind {s['kind']!r}, teacher {cfg['teacher']['name']!r})")
-        return  # built from the teacher's weights later; its widths come from the overrides
-    from pydantic import TypeAdapter, ValidationError
-
-    from orbdistill.models import STUDENT_KINDS
-
-    cls = STUDENT_KINDS[s["kind"]].config_cls
-    fields = cls().to_dict()
-    unknown = sorted(set(s.get("overrides", {})) - set(fields))
-    if unknown:
-        raise ConfigError(f"{origin}: student.overrides: unknown {s['kind']} fields {unknown}; valid: {', '.join(sorted(fields))}")
-    try:  # the types of the model config's fields
-        TypeAdapter(cls).validate_python(dict(fields, **s.get("overrides", {})))
-    except ValidationError as exc:
-        raise ConfigError("\n".join(f"{origin}: {line}" for line in _format_pydantic(exc, "student.overrides").splitlines())) from None
-    try:
-        build_student(s["kind"], species, **s.get("overrides", {}))
-    except Exception as exc:
-        raise ConfigError(f"{origin}: student ({s['kind']}, overrides {s.get('overrides', {})}): "
-                          f"{type(exc).__name__}: {exc}") from None

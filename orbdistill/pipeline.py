@@ -1,7 +1,7 @@
 """The whole job: teacher + seeds -> labelled data -> trained student -> package.
 
 A distillation config (JSON, YAML or TOML; checked whole by
-:func:`orbdistill.config.load_distill_config` before any work starts) has these sections:
+:func:`orbdistill.distill_config.load_distill_config` before any work starts) has these sections:
 
 .. code-block:: yaml
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-from orbdistill.config import load_distill_config
+from orbdistill.distill_config import load_distill_config
 from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
 from orbdistill.data.generate import GenerateConfig, generate, read_frames
 from orbdistill.training.trainer import TrainConfig, Trainer, evaluate
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def load_config(source: Union[str, os.PathLike, dict]) -> dict:
-    """Read and validate a distillation config (see :func:`orbdistill.config.load_distill_config`)."""
+    """Read and validate a distillation config (see :func:`orbdistill.distill_config.load_distill_config`)."""
     return load_distill_config(source)
 
 

@@ -12,7 +12,7 @@ from ase.io import read, write
 from ase.md.bussi import Bussi
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from orbdistill.calculator import StudentCalculator
+from orbdistill import StudentCalculator
 
 
 def main(argv=None):
@@ -28,7 +28,7 @@ def main(argv=None):
 
     unit = read(args.structure) if args.structure else bulk("Cu", "fcc", a=3.61, cubic=True)
     atoms = unit.repeat(args.repeat)
-    atoms.calc = StudentCalculator.from_package(args.package)  # <- the orbdistill line
+    atoms.calc = StudentCalculator(args.package)  # <- the orbdistill line (a package name or folder)
 
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature)
     Stationary(atoms)

@@ -16,7 +16,7 @@ from ase.filters import FrechetCellFilter
 from ase.io import read, write
 from ase.optimize import BFGS, FIRE
 
-from orbdistill.calculator import StudentCalculator
+from orbdistill import StudentCalculator
 
 PATTERNS = ("*.cif", "*.vasp", "POSCAR*", "*.xyz", "*.extxyz", "*.traj", "*.json")
 
@@ -45,7 +45,7 @@ def main(argv=None):
         raise SystemExit(f"no structure files ({', '.join(PATTERNS)}) in {args.folder}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    calc = StudentCalculator.from_package(args.package)  # <- the orbdistill line
+    calc = StudentCalculator(args.package)  # <- the orbdistill line (a package name or folder)
 
     rows = []
     for f in files:

@@ -47,6 +47,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from orbdistill.config import build_config, config_dataclass
 from orbdistill.graph import min_pair_distance
+from orbdistill.utils import atomic_write_text
 
 from orbdistill.structures import supercell
 
@@ -275,9 +276,7 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def _write_chunk(path: Path, frames: List[Atoms]) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orbdistill.utils import atomic_write_text
+
 
 def _fmt_int(x) -> str:
     return f"{int(x):,}"
@@ -25,10 +27,6 @@ def _pct(a, b) -> str:
     return f"{100.0 * a / b:.1f} %" if b else "-"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_default(o):
@@ -158,9 +156,9 @@ def write_report(report: dict, out_dir) -> dict:
     """Write ``report.json``, ``report.md`` and ``blocks.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=_json_default))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=_json_default))
     plot_blocks(report, out / "blocks.png")
-    _atomic_write_text(out / "report.md", report_markdown(report))
+    atomic_write_text(out / "report.md", report_markdown(report))
     return {"json": out / "report.json", "markdown": out / "report.md", "chart": out / "blocks.png"}
 
 
@@ -188,7 +186,7 @@ def compare_reports(a: dict, b: dict, out_dir) -> dict:
         ratio = (x / y) if (x is not None and y not in (None, 0)) else None
         rows.append({"quantity": k, a["target"]: x, b["target"]: y, "ratio_a_over_b": ratio})
     comp = {"a": a["target"], "b": b["target"], "structure": a["structure"], "rows": rows}
-    _atomic_write_text(out / "compare.json", json.dumps(comp, indent=1, default=_json_default))
+    atomic_write_text(out / "compare.json", json.dumps(comp, indent=1, default=_json_default))
 
     lines = [f"# `{a['target']}` vs `{b['target']}`", "",
              f"{a['structure']['formula']}, {a['structure']['n_atoms']} atoms, {a['environment']['threads']} threads.", ""]
@@ -200,7 +198,7 @@ def compare_reports(a: dict, b: dict, out_dir) -> dict:
         x, y, q = row[a["target"]], row[b["target"]], row["ratio_a_over_b"]
         fx = (lambda v: "-" if v is None else (_fmt_flops(v) if "flops" in row["quantity"] else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"))
         lines.append(f"| {row['quantity']} | {fx(x)} | {fx(y)} | {'-' if q is None else f'{q:.3g}x'} |")
-    _atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
 
     import matplotlib
 

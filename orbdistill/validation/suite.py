@@ -264,59 +264,64 @@ def _prepare_structures(run: ValidationRun) -> None:
                             "from": "teacher-relaxed structure" if run.relaxed else "input"}
 
 
+def _material_property(run: ValidationRun, section: str, fn, keys, **kwargs) -> None:
+    """A property of each model's own relaxed crystal (EOS, elastic constants), compared
+    with the teacher's; only for fully periodic structures."""
+    if not all(run.structure.pbc) or section in run.summary:
+        return
+    with run.timed(section):
+        per_model = {m.name: _guarded(fn, m.calc, run.relaxed[m.name], relax_ions=run.cfg.relax_ions, **kwargs)
+                     for m in run.models}
+        run.summary[section] = _compare(per_model, run.teacher.name, keys, relative=True)
+
+
 def _section_eos(run: ValidationRun) -> None:
     from . import relax as rv
 
-    if not all(run.structure.pbc) or "eos" in run.summary:
-        return
-    with run.timed("eos"):
-        eos = {m.name: _guarded(rv.equation_of_state, m.calc, run.relaxed[m.name], max_linear_strain=run.cfg.eos_max_strain,
-                                points=run.cfg.eos_points, relax_ions=run.cfg.relax_ions) for m in run.models}
-        run.summary["eos"] = _compare(eos, run.teacher.name, ("bulk_modulus_gpa", "v0_a3"), relative=True)
+    _material_property(run, "eos", rv.equation_of_state, ("bulk_modulus_gpa", "v0_a3"),
+                       max_linear_strain=run.cfg.eos_max_strain, points=run.cfg.eos_points)
 
 
 def _section_elastic(run: ValidationRun) -> None:
     from . import relax as rv
 
-    if not all(run.structure.pbc) or "elastic" in run.summary:
+    _material_property(run, "elastic", rv.elastic_constants, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
+                       strain=run.cfg.elastic_strain)
+
+
+def _per_model(run: ValidationRun, section: str, fn) -> None:
+    """``fn(model)`` for every model without a result yet, saving after each (resumable)."""
+    if not run.pending(section):
         return
-    with run.timed("elastic"):
-        el = {m.name: _guarded(rv.elastic_constants, m.calc, run.relaxed[m.name], strain=run.cfg.elastic_strain,
-                               relax_ions=run.cfg.relax_ions) for m in run.models}
-        run.summary["elastic"] = _compare(el, run.teacher.name, ("c11_gpa", "c12_gpa", "c44_gpa", "bulk_modulus_voigt_gpa"),
-                                          relative=True)
+    with run.timed(section):
+        results = dict(run.summary.get(section, {}))
+        for m in run.pending(section):
+            results[m.name] = fn(m)
+            run.summary[section] = results
+            run.save()
 
 
 def _section_nve(run: ValidationRun) -> None:
     from . import nve as nvev
 
     cfg = run.cfg
-    if not run.pending("nve"):
-        return
-    with run.timed("nve"):
-        nve = dict(run.summary.get("nve", {}))
-        for m in run.pending("nve"):
-            steps = cfg.teacher_nve_steps if (m.role == "teacher" and cfg.teacher_nve_steps) else cfg.nve_steps
-            nve[m.name] = nvev.run_nve(m.calc, run.system, steps=steps, timestep_fs=cfg.nve_timestep_fs,
-                                       temperature_k=cfg.nve_temperature_k, seed=cfg.seed,
-                                       log_interval=cfg.nve_log_interval, progress=cfg.progress, label=m.name)
-            run.summary["nve"] = nve
-            run.save()
+
+    def one(m):
+        steps = cfg.teacher_nve_steps if (m.role == "teacher" and cfg.teacher_nve_steps) else cfg.nve_steps
+        return nvev.run_nve(m.calc, run.system, steps=steps, timestep_fs=cfg.nve_timestep_fs,
+                            temperature_k=cfg.nve_temperature_k, seed=cfg.seed, log_interval=cfg.nve_log_interval,
+                            progress=cfg.progress, label=m.name)
+
+    _per_model(run, "nve", one)
 
 
 def _section_sweep(run: ValidationRun) -> None:
     from . import nve as nvev
 
     cfg = run.cfg
-    if not run.pending("sweep"):
-        return
-    with run.timed("sweep"):
-        sweep = dict(run.summary.get("sweep", {}))
-        for m in run.pending("sweep"):
-            sweep[m.name] = nvev.timestep_sweep(m.calc, run.system, cfg.sweep_timesteps_fs, cfg.sweep_ps, label=m.name,
-                                                temperature_k=cfg.nve_temperature_k, seed=cfg.seed, progress=cfg.progress)
-            run.summary["sweep"] = sweep
-            run.save()
+    _per_model(run, "sweep", lambda m: nvev.timestep_sweep(
+        m.calc, run.system, cfg.sweep_timesteps_fs, cfg.sweep_ps, label=m.name, temperature_k=cfg.nve_temperature_k,
+        seed=cfg.seed, progress=cfg.progress))
 
 
 def _section_md(run: ValidationRun) -> None:
