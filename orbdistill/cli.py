@@ -51,11 +51,28 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _config_with_executor(args):
+    """The config file, with the executor the command line asks for."""
+    from orbdistill.pipeline import load_config
+
+    cfg = load_config(args.config)
+    if getattr(args, "executor", None) or getattr(args, "scheduler", None) or getattr(args, "workers", None):
+        ex = dict(cfg["executor"])
+        ex["kind"] = args.executor or "dask"
+        if args.scheduler:
+            ex["scheduler"] = args.scheduler
+        if args.workers:
+            ex["workers"] = args.workers
+        cfg["executor"] = ex
+        cfg = load_config(cfg)
+    return cfg
+
+
 def cmd_generate(args) -> int:
     from orbdistill.pipeline import run_generate
 
     _threads(args.threads)
-    m = run_generate(args.config)
+    m = run_generate(_config_with_executor(args))
     print(f"{m['n_frames']} frames ({m['n_rejected']} rejected) in {len(m['tasks'])} trajectories; "
           f"complete: {m['complete']}")
     return 0
@@ -65,8 +82,9 @@ def cmd_train(args) -> int:
     from orbdistill.pipeline import run_train
 
     _threads(args.threads)
-    best, trainer, _ = run_train(args.config)
-    print(f"best epoch {trainer.best_epoch}: {trainer.best_path}")
+    best, trainer, _ = run_train(args.config, max_epochs=args.max_epochs)
+    if trainer.dist.is_main:
+        print(f"best epoch {trainer.best_epoch}: {trainer.best_path}")
     return 0
 
 
@@ -74,8 +92,9 @@ def cmd_distill(args) -> int:
     from orbdistill.pipeline import distill
 
     _threads(args.threads)
-    summary = distill(args.config)
-    print(json.dumps({k: summary[k] for k in ("package", "timing")}, indent=1))
+    summary = distill(_config_with_executor(args))
+    if summary.get("package"):  # rank 0 (or a plain process) packaged the student
+        print(json.dumps({k: summary[k] for k in ("package", "timing")}, indent=1))
     return 0
 
 
@@ -150,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument("--config", required=True, help="distillation config (JSON, YAML or TOML)")
         c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        if name == "train":
+            c.add_argument("--max-epochs", type=int, default=None,
+                           help="stop after this many epochs of this call (the next call resumes): for wall-time limits")
+        if name != "train":
+            c.add_argument("--executor", choices=["local", "dask"], default=None,
+                           help="where teacher labelling runs (default: the config's, else local)")
+            c.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); implies dask")
+            c.add_argument("--workers", type=int, default=None, help="Dask LocalCluster workers; implies dask")
         c.set_defaults(func=fn)
 
     x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX (forces and stress inside)")

@@ -18,7 +18,8 @@ from typing import Optional, Union
 
 from orbdistill.config import ConfigError, _format_pydantic, build_config
 
-TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads")
+TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads",
+            "executor")
 TEACHER_KEYS = ("name", "weights", "precision")
 STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
 
@@ -76,6 +77,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
     current directory). A dict that carries ``_base_dir`` (what this function returns) is
     accepted again unchanged in meaning.
     """
+    from orbdistill.data.executors import ExecutorConfig
     from orbdistill.data.generate import GenerateConfig
     from orbdistill.training.trainer import TrainConfig
 
@@ -122,7 +124,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         errors.append(f"student.species = {species!r}: must be a non-empty list of elements (e.g. [\"Cu\"]) or null")
 
     sections = {}
-    for key, cls in (("generate", GenerateConfig), ("train", TrainConfig)):
+    for key, cls in (("generate", GenerateConfig), ("train", TrainConfig), ("executor", ExecutorConfig)):
         values = raw.get(key, {})
         if key == "train" and isinstance(values, dict) and "device" not in values and raw.get("device"):
             values = dict(values, device=raw["device"])  # the top-level device reaches training
@@ -154,6 +156,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
                     "init_from_teacher": bool(student.get("init_from_teacher", False))},
         "generate": dataclasses.asdict(gen),
         "train": dataclasses.asdict(sections["train"]),
+        "executor": dataclasses.asdict(sections["executor"]),
         "split": [float(x) for x in split],
         "work_dir": _resolve(raw.get("work_dir") or f"runs/{name}", base),
         "package_dir": _resolve(raw.get("package_dir") or f"calculators/{name}", base),

@@ -14,6 +14,7 @@ A distillation config (JSON, YAML or TOML; checked whole by
     work_dir: ../runs/cu-sevennet-v2       # relative paths: relative to this file
     package_dir: ../calculators/cu-sevennet-v2
     device: cpu                            # also the training device unless train.device says
+    executor: {kind: dask, workers: 2}     # labelling on Dask (default: local)
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ def _teacher(cfg: dict):
     return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
 
 
-def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None) -> dict:
+def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None, client=None) -> dict:
+    """Label the data of ``cfg`` (resuming), on the executor the config names, or on the Dask
+    ``client`` given."""
     cfg = load_config(cfg)
     teacher = teacher or _teacher(cfg)
     gcfg = GenerateConfig.from_dict(cfg.get("generate", {}))
-    return generate(gcfg, teacher, Path(cfg["work_dir"]) / "data", progress=progress, max_tasks=max_tasks)
+    return generate(gcfg, teacher, Path(cfg["work_dir"]) / "data", progress=progress, max_tasks=max_tasks,
+                    executor=cfg.get("executor"), client=client)
 
 
 def _student(cfg: dict, frames, teacher=None):
@@ -95,7 +99,7 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     return best, trainer, samples
 
 
-def distill(source, progress: bool = True, log_fn=print) -> dict:
+def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     """Generate, train, evaluate on held-out trajectories and package. Returns a summary."""
     from orbdistill.export.package import write_package
     from orbdistill.training.plots import plot_learning_curves, plot_parity
@@ -110,14 +114,24 @@ def distill(source, progress: bool = True, log_fn=print) -> dict:
     atomic_write_text(work / "config_used.json", json.dumps(cfg, indent=1))
     timing = {}
     t0 = time.perf_counter()
+    from orbdistill.training.distributed import context_from_env
+
+    dist = context_from_env(cfg["train"]["device"])  # under torchrun: rank 0 labels, all ranks train
     teacher = _teacher(cfg)
-    manifest = run_generate(cfg, teacher=teacher, progress=progress)
+    if dist.is_main:
+        manifest = run_generate(cfg, teacher=teacher, progress=progress, client=client)
+    dist.barrier()
+    if not dist.is_main:
+        log_fn = None
+        manifest = json.loads((work / "data" / "manifest.json").read_text())  # rank 0 finished it
     timing["generate_s"] = time.perf_counter() - t0
     if log_fn:
         log_fn(f"data: {manifest['n_frames']} frames ({manifest['n_rejected']} rejected) in {timing['generate_s']:.0f} s")
     t1 = time.perf_counter()
     best, trainer, (train_s, val_s, test_s) = run_train(cfg, progress=progress, log_fn=log_fn, teacher=teacher)
     timing["train_s"] = time.perf_counter() - t1
+    if not dist.is_main:
+        return {"rank": dist.rank, "package": None, "timing": {k: round(v, 1) for k, v in timing.items()}}
     held_out = test_s if test_s else val_s
     tc = trainer.cfg
     metrics = evaluate(best, held_out, dtype=tc.dtype, device=tc.device, return_predictions=True)

@@ -165,7 +165,9 @@ def _label(atoms: Atoms, calc, task: dict, teacher_name: str, frame_index: int) 
     return a
 
 
-def _accept(frame: Atoms, cfg: GenerateConfig) -> bool:
+def accept_frame(frame: Atoms, cfg: GenerateConfig) -> bool:
+    """Keep a labelled frame unless its forces exceed ``reject_fmax`` or two atoms are closer
+    than ``reject_min_distance``."""
     fmax = np.linalg.norm(frame.calc.results["forces"], axis=1).max() if len(frame) else 0.0
     if not np.isfinite(fmax) or fmax > cfg.reject_fmax:
         return False
@@ -219,6 +221,11 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
     rng = np.random.default_rng(task["rng_seed"])
     base = supercell(seeds[task["seed_index"]], task["size"], at_least=False)
     calc = teacher.calculator()
+    if hasattr(calc, "reset"):
+        # a task must not depend on the tasks run before it in this process (a calculator's
+        # cached state, e.g. EMT's skinned neighbour list, changes the last bits of its
+        # results): then any worker reproduces a serial run bit for bit
+        calc.reset()
     name = teacher.name
     proto = task["protocol"]
     if proto in ("nvt", "npt"):
@@ -292,7 +299,8 @@ def check_teacher_covers(teacher, seeds: List[Atoms]) -> None:
         teacher.check_species(s)
 
 
-def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_tasks: Optional[int] = None) -> dict:
+def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_tasks: Optional[int] = None,
+             executor=None, client=None) -> dict:
     """Run (or resume) data generation into ``out_dir``. Returns the manifest.
 
     Args:
@@ -300,7 +308,15 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         teacher: a :class:`orbdistill.teachers.Teacher`
         out_dir: folder for ``chunks/*.extxyz`` and ``manifest.json``
         max_tasks: stop after this many new tasks (tests use it to simulate interruption)
+        executor: an :class:`~orbdistill.data.executors.ExecutorConfig` (or its dict):
+            "local" (default) runs the tasks here; "dask" on a Dask cluster
+        client: a ``distributed.Client`` to use instead of the one ``executor`` describes
     """
+    from .executors import ExecutorConfig, dask_client, label_task, run_on_dask
+
+    ex = executor if isinstance(executor, ExecutorConfig) else ExecutorConfig.from_dict(executor or {})
+    if client is not None:  # a client given by the caller wins over the config
+        ex = ExecutorConfig(kind="dask", threads_per_worker=ex.threads_per_worker)
     out = Path(out_dir)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     seeds = load_seeds(cfg.seeds)
@@ -327,21 +343,38 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     todo = [t for t in tasks if t["id"] not in manifest["tasks"]]
     if len(todo) < len(tasks):
         log.info("resuming: %d of %d tasks already done", len(tasks) - len(todo), len(tasks))
-    done_now = 0
-    for task in tqdm(todo, desc=f"generating with {teacher.name}", disable=not progress):
-        if max_tasks is not None and done_now >= max_tasks:
-            break
-        t0 = time.perf_counter()
-        frames = run_task(task, seeds, cfg, teacher)
-        kept = [f for f in frames if _accept(f, cfg)]
+    by_id = {t["id"]: t for t in todo}
+
+    def record(result: dict) -> None:
+        """Write one finished task (chunk, then manifest; both atomic). Only this process writes."""
+        task = by_id[result["id"]]
+        if task["id"] in manifest["tasks"]:
+            return  # a task the scheduler ran twice (a worker died after finishing it): keep the first
         path = out / "chunks" / f"{task['id']}.extxyz"
-        _write_chunk(path, kept)
+        _write_chunk(path, result["frames"])
         manifest["tasks"][task["id"]] = {
-            "file": f"chunks/{path.name}", "frames": len(kept), "rejected": len(frames) - len(kept),
-            "seconds": round(time.perf_counter() - t0, 2), **{k: v for k, v in task.items() if k != "id"},
+            "file": f"chunks/{path.name}", "frames": len(result["frames"]), "rejected": result["rejected"],
+            "seconds": result["seconds"], **{k: v for k, v in task.items() if k != "id"},
         }
         _atomic_write_json(manifest_path, manifest)
-        done_now += 1
+
+    bar = tqdm(total=len(todo), desc=f"generating with {teacher.name}" + (" on dask" if ex.kind == "dask" else ""),
+               disable=not progress)
+    try:
+        if ex.kind == "dask":
+            if client is not None:
+                run_on_dask(client, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+            else:
+                with dask_client(ex) as c:
+                    run_on_dask(c, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+        else:
+            for k, task in enumerate(todo):
+                if max_tasks is not None and k >= max_tasks:
+                    break
+                record(label_task(task, seeds, cfg, teacher))
+                bar.update(1)
+    finally:
+        bar.close()
     manifest["complete"] = all(t["id"] in manifest["tasks"] for t in tasks)
     manifest["n_frames"] = sum(v["frames"] for v in manifest["tasks"].values())
     manifest["n_rejected"] = sum(v["rejected"] for v in manifest["tasks"].values())

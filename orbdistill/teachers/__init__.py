@@ -40,11 +40,14 @@ def load_teacher(name, device=None, weights: Optional[str] = None, **kwargs) -> 
         return teacher_from_calculator(name, **kwargs)
     key = name.strip().lower()
     if key in ORB_NAMES:
-        return load_orb_teacher(key, weights=weights, device=device, **kwargs)
-    if weights is not None:
+        teacher = load_orb_teacher(key, weights=weights, device=device, **kwargs)
+    elif weights is not None:
         raise ValueError(f"weights= applies to Orb teachers only, not {name!r}.")
-    if key in SEVENNET_NAMES:
-        return load_sevennet_teacher(key, device=device)
-    if key == "emt":
-        return load_emt_teacher()
-    raise ValueError(f"Unknown teacher {name!r}. Valid names: {', '.join(available_teachers())}.")
+    elif key in SEVENNET_NAMES:
+        teacher = load_sevennet_teacher(key, device=device)
+    elif key == "emt":
+        teacher = load_emt_teacher()
+    else:
+        raise ValueError(f"Unknown teacher {name!r}. Valid names: {', '.join(available_teachers())}.")
+    teacher.spec = {"name": key, "weights": weights, **kwargs}  # the device is each worker's own
+    return teacher

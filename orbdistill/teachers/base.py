@@ -55,6 +55,9 @@ class Teacher:
     conservative: bool = True
     weights: str = "pretrained"
     extra: dict = field(default_factory=dict)
+    #: how to load this teacher again by name (``load_teacher(**spec)``): what a Dask worker
+    #: gets instead of the model; None for teachers made from a calculator object
+    spec: Optional[dict] = None
     _calc: Optional[object] = field(default=None, repr=False)
 
     @property

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from orbdistill.config import build_config, config_dataclass
 
 from orbdistill.data.dataset import Sample, collate
+from orbdistill.training.distributed import context_from_env, device_for
 from orbdistill.models.base import StudentModel
 from orbdistill.utils import atomic_torch_save, atomic_write_text, resolve_dtype
 
@@ -112,21 +113,36 @@ def _batches(samples, batch_size, generator=None):
     return [[samples[i] for i in idx[k: k + batch_size]] for k in range(0, len(idx), batch_size)]
 
 
-def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool):
-    graph, tgt = collate(samples, dtype=_dtype(cfg.dtype), device=cfg.device)
-    want_stress = bool(tgt["has_stress"].any()) and cfg.stress_weight > 0
-    out = model.predict(graph, compute_forces=True, compute_stress=want_stress, training=training)
-    n = tgt["n_atoms"].to(out["energy"].dtype)
-    de = (out["energy"] - tgt["energy"]) / n
-    df = out["forces"] - tgt["forces"]
-    loss = cfg.energy_weight * (de**2).mean() / stats["energy_per_atom_std"] ** 2
-    loss = loss + cfg.forces_weight * (df**2).mean() / stats["forces_std"] ** 2
-    ds = None
-    if want_stress:
-        mask = tgt["has_stress"]
-        ds = (out["stress"] - tgt["stress"])[mask]
-        loss = loss + cfg.stress_weight * (ds**2).mean() / stats["stress_std"] ** 2
-    return loss, {"de": de.detach(), "df": df.detach(), "ds": None if ds is None else ds.detach(), "out": out, "tgt": tgt}
+def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, dist=None):
+    """The weighted, normalised loss of a batch:
+    ``w_E sum(dE/N)^2 / n_E / var_E + w_F sum(dF)^2 / n_F / var_F + w_S sum(dS)^2 / n_S / var_S``.
+
+    With ``dist`` (a :class:`~orbdistill.training.distributed.DistContext`), ``samples`` is
+    this rank's shard of a global batch and the counts ``n`` are those of the global batch,
+    so that the sum over ranks of the shard losses (and of their gradients) is the loss of
+    the global batch. A rank with an empty shard returns a zero loss attached to the weights.
+    """
+    counts_local = torch.zeros(3, dtype=torch.float64)
+    parts = {}
+    if samples:
+        graph, tgt = collate(samples, dtype=_dtype(cfg.dtype), device=cfg.device)
+        want_stress = bool(tgt["has_stress"].any()) and cfg.stress_weight > 0
+        out = model.predict(graph, compute_forces=True, compute_stress=want_stress, training=training)
+        n = tgt["n_atoms"].to(out["energy"].dtype)
+        parts["de"] = (out["energy"] - tgt["energy"]) / n
+        parts["df"] = out["forces"] - tgt["forces"]
+        if want_stress:
+            parts["ds"] = (out["stress"] - tgt["stress"])[tgt["has_stress"]]
+        counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds")],
+                                    dtype=torch.float64)
+    counts = dist.all_reduce_sum(counts_local.clone()) if dist is not None else counts_local
+    loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps every rank's graph attached to the weights
+    terms = (("de", cfg.energy_weight, stats["energy_per_atom_std"]), ("df", cfg.forces_weight, stats["forces_std"]),
+             ("ds", cfg.stress_weight, stats["stress_std"]))
+    for k, (key, weight, std) in enumerate(terms):
+        if key in parts and counts[k] > 0:
+            loss = loss + weight * (parts[key] ** 2).sum() / float(counts[k]) / std**2
+    return loss, {k: v.detach() for k, v in parts.items()}
 
 
 def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 16, dtype="float32", device="cpu",
@@ -203,6 +219,8 @@ class Trainer:
             raise ValueError("Empty validation set: the split left no trajectory for validation.")
         if cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = context_from_env(cfg.device)
+        cfg = dataclasses.replace(cfg, device=device_for(self.dist, cfg.device))
         self.cfg = cfg
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +240,7 @@ class Trainer:
                 self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
                 self.model.energy_scale.fill_(self.stats["forces_rms"])
                 self.model.energy_shift.zero_()
+        self.dist.broadcast_parameters(self.model)
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -301,22 +320,37 @@ class Trainer:
                 be.copy_(bm)
 
     def train_epoch(self) -> float:
+        """One pass over the training set; returns the mean batch loss (global batches)."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        batches = _batches(self.train, self.cfg.batch_size, gen)
+        batches = _batches(self.train, self.cfg.batch_size, gen)  # the same global batches on every rank
         total = 0.0
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False, disable=not self.progress)
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not (self.progress and self.dist.is_main))
         for chunk in bar:
-            loss, _ = compute_loss(self.model, chunk, self.cfg, self.stats, training=True)
+            shard = self.dist.shard(chunk)
+            loss, _ = compute_loss(self.model, shard, self.cfg, self.stats, training=True,
+                                   dist=self.dist if self.dist.enabled else None)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.dist.enabled:  # the gradient of the global batch: the sum of the shards'
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                self.dist.all_reduce_sum(flat)
+                offset = 0
+                for g in grads:
+                    g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                    offset += g.numel()
+                loss_value = float(self.dist.all_reduce_sum(loss.detach().reshape(1).clone()))
+            else:
+                loss_value = float(loss.detach())
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
             self.sched.step()
             self._update_ema()
-            total += float(loss.detach()) * len(chunk)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            total += loss_value * len(chunk)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
         return total / len(self.train)
 
     def validation_loss(self, metrics: dict) -> float:
@@ -333,6 +367,9 @@ class Trainer:
         ``max_epochs`` stops after that many epochs of this call (used to test resuming).
         """
         ran = 0
+        main = self.dist.is_main  # rank 0 alone logs and writes; every rank takes the same decisions
+        if not main:
+            log_fn = None
         while self.epoch < self.cfg.epochs:
             if max_epochs is not None and ran >= max_epochs:
                 break
@@ -348,7 +385,8 @@ class Trainer:
             improved = val_loss < self.best_val
             if improved:
                 self.best_val, self.best_epoch = val_loss, self.epoch
-                self.ema.save(self.best_path)
+                if main:
+                    self.ema.save(self.best_path)
             line = (f"epoch {self.epoch:3d}/{self.cfg.epochs}  loss {train_loss:.4f}  val: E {metrics['energy_mae_mev_atom']:.2f} meV/atom"
                     f"  F {metrics['force_mae_mev_a']:.1f} meV/Å")
             if "stress_mae_gpa" in metrics:
@@ -356,12 +394,14 @@ class Trainer:
             line += f"  lr {row['lr']:.2e}  {row['seconds']:.1f} s" + ("  *" if improved else "")
             if log_fn:
                 log_fn(line)
-            atomic_torch_save(self.state(), self.checkpoint_path)
-            atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1))
+            if main:
+                atomic_torch_save(self.state(), self.checkpoint_path)
+                atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1))
             if self.epoch - self.best_epoch >= self.cfg.patience:
                 if log_fn:
                     log_fn(f"early stopping: no improvement for {self.cfg.patience} epochs (best epoch {self.best_epoch})")
                 break
+        self.dist.barrier()  # rank 0 has written best.pt and the checkpoint
         return self.best_model()
 
     def best_model(self) -> StudentModel:

@@ -1,0 +1,200 @@
+"""Scaling out: labelling on a Dask cluster and training with torch DDP (2 CPU processes,
+gloo), each equal to the serial run."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orbdistill.data import read_frames
+from orbdistill.pipeline import load_config, run_generate, run_train
+
+distributed = pytest.importorskip("distributed")
+
+
+def config(tmp_path, name="run", **generate):
+    g = {"seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32], "timestep_fs": 4.0, "nvt_temperatures_k": [300.0, 900.0],
+         "nvt_trajectories_per_temperature": 2, "nvt_equilibration_steps": 5, "nvt_interval_steps": 4,
+         "nvt_frames": 12, "strain_frames": 16, "strain_frames_per_task": 4, "rattle_relax_frames": 8,
+         "rattle_relax_per_task": 2, "rattle_relax_steps": 1}
+    g.update(generate)
+    return {"name": "cu-emt-scale", "teacher": {"name": "emt"},
+            "student": {"kind": "v2", "overrides": {"num_features": 16, "num_vector_features": 4, "num_layers": 2,
+                                                    "cutoff": 4.5}},
+            "generate": g, "train": {"epochs": 3, "batch_size": 6, "lr": 3e-3, "warmup_epochs": 1, "dtype": "float64"},
+            "split": [0.6, 0.2, 0.2], "work_dir": str(tmp_path / name), "package_dir": str(tmp_path / f"{name}-pkg")}
+
+
+def frames_by_task(work_dir):
+    out = {}
+    for f in read_frames(Path(work_dir) / "data"):
+        out.setdefault(f.info["traj_id"], []).append(f)
+    return out
+
+
+def assert_same_frames(a, b):
+    assert sorted(a) == sorted(b)
+    for tid in a:
+        assert len(a[tid]) == len(b[tid]), tid
+        for fa, fb in zip(a[tid], b[tid]):
+            assert np.array_equal(fa.positions, fb.positions) and np.array_equal(fa.cell.array, fb.cell.array), tid
+            assert fa.get_potential_energy() == fb.get_potential_energy(), tid
+            assert np.array_equal(fa.get_forces(), fb.get_forces()), tid
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serial")
+    cfg = config(tmp)
+    run_generate(cfg, progress=False)
+    return cfg, frames_by_task(cfg["work_dir"])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(c)
+    yield client
+    client.close()
+    c.close()
+
+
+def test_two_dask_workers_give_bitwise_the_frames_of_a_serial_run(tmp_path, serial, cluster):
+    _, ref = serial
+    cfg = config(tmp_path)
+    m = run_generate(cfg, progress=False, client=cluster)
+    assert m["complete"]
+    assert_same_frames(frames_by_task(cfg["work_dir"]), ref)
+    # each worker loaded its teacher once, however many tasks it ran
+    from orbdistill.data.executors import teacher_loads
+
+    loads = cluster.run(teacher_loads)
+    assert set(loads.values()) == {1}  # both workers worked, and loaded the teacher once for all their tasks
+
+
+def test_a_worker_killed_mid_run_loses_no_task_and_duplicates_none(tmp_path, serial, cluster):
+    _, ref = serial
+    cfg = config(tmp_path)
+    manifest = Path(cfg["work_dir"]) / "data" / "manifest.json"
+    killed = {}
+
+    def kill_one_worker_once_work_is_under_way():
+        while not (manifest.exists() and json.loads(manifest.read_text())["tasks"]):
+            time.sleep(0.05)
+        worker = sorted(cluster.scheduler_info()["workers"])[0]
+        killed["worker"] = worker
+        cluster.run(lambda: os._exit(1), workers=[worker], wait=False)
+
+    th = threading.Thread(target=kill_one_worker_once_work_is_under_way)
+    th.start()
+    m = run_generate(cfg, progress=False, client=cluster)
+    th.join()
+    assert killed and m["complete"]
+    chunks = sorted(p.name for p in (Path(cfg["work_dir"]) / "data" / "chunks").glob("*.extxyz"))
+    assert len(chunks) == len(m["tasks"]) == len(ref)  # every task once
+    assert_same_frames(frames_by_task(cfg["work_dir"]), ref)
+    cluster.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_an_interrupted_client_resumes_without_losing_or_repeating_work(tmp_path, serial, cluster):
+    _, ref = serial
+    cfg = config(tmp_path)
+    first = run_generate(cfg, progress=False, client=cluster, max_tasks=3)  # the client stops after 3 tasks
+    assert not first["complete"] and len(first["tasks"]) == 3
+    done_before = {k: v["file"] for k, v in first["tasks"].items()}
+    again = run_generate(cfg, progress=False, client=cluster)
+    assert again["complete"] and all(again["tasks"][k]["file"] == f for k, f in done_before.items())
+    assert_same_frames(frames_by_task(cfg["work_dir"]), ref)
+
+
+def test_the_executor_is_chosen_in_the_config_and_checked(tmp_path):
+    from orbdistill.config import ConfigError
+
+    cfg = config(tmp_path)
+    cfg["executor"] = {"kind": "dask", "workers": 0}
+    with pytest.raises(ConfigError, match=r"executor\.workers = 0"):
+        load_config(cfg)
+    cfg["executor"] = {"kind": "slurm"}
+    with pytest.raises(ConfigError, match=r"executor\.kind = 'slurm'"):
+        load_config(cfg)
+
+
+def test_a_teacher_made_from_a_calculator_object_cannot_go_to_dask(tmp_path, cluster):
+    from ase.calculators.emt import EMT
+
+    from orbdistill.data import GenerateConfig, generate
+    from orbdistill.teachers import load_teacher
+
+    teacher = load_teacher(EMT())
+    with pytest.raises(ValueError, match="load it by name"):
+        generate(GenerateConfig(nvt_frames=2, nvt_temperatures_k=[300.0]), teacher, tmp_path / "d", progress=False,
+                 client=cluster)
+
+
+# ---- DDP --------------------------------------------------------------------------------
+
+def _torchrun(tmp_path, cfg_path, extra=()):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "orbdistill.cli", "train", "--config", str(cfg_path), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
+
+
+def _weights(path):
+    from orbdistill.models import load_student
+
+    return {k: v.clone() for k, v in load_student(path).state_dict().items()}
+
+
+def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(tmp_path, serial):
+    cfg, _ = serial
+    import shutil
+
+    for name in ("single", "ddp"):
+        c = dict(cfg, work_dir=str(tmp_path / name), package_dir=str(tmp_path / f"{name}-pkg"))
+        shutil.copytree(Path(cfg["work_dir"]) / "data", tmp_path / name / "data")
+        (tmp_path / f"{name}.json").write_text(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}))
+    torch.manual_seed(0)
+    run_train(load_config(tmp_path / "single.json"), progress=False, log_fn=None)
+    res = _torchrun(tmp_path, tmp_path / "ddp.json")
+    assert res.stdout.count("best epoch") == 1  # rank 0 alone reports
+    a, b = _weights(tmp_path / "single" / "train" / "best.pt"), _weights(tmp_path / "ddp" / "train" / "best.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-10, msg=k)
+    hist_a = json.loads((tmp_path / "single" / "train" / "history.json").read_text())
+    hist_b = json.loads((tmp_path / "ddp" / "train" / "history.json").read_text())
+    assert [round(h["train_loss"], 9) for h in hist_a] == [round(h["train_loss"], 9) for h in hist_b]
+
+
+def test_ddp_resumes_from_its_checkpoint(tmp_path, serial):
+    cfg, _ = serial
+    import shutil
+
+    c = dict(cfg, work_dir=str(tmp_path / "ddp"), package_dir=str(tmp_path / "pkg"))
+    shutil.copytree(Path(cfg["work_dir"]) / "data", tmp_path / "ddp" / "data")
+    short = dict(c, train=dict(c["train"], epochs=3))
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in short.items() if not k.startswith("_")}))
+    _torchrun(tmp_path, tmp_path / "c.json")
+    straight = _weights(tmp_path / "ddp" / "train" / "best.pt")
+    # the same run stopped after epoch 1 and resumed by a second torchrun
+    shutil.rmtree(tmp_path / "ddp" / "train")
+    _torchrun(tmp_path, tmp_path / "c.json", extra=("--max-epochs", "1"))  # a job that hit its wall-time limit
+    history = json.loads((tmp_path / "ddp" / "train" / "history.json").read_text())
+    assert len(history) == 1
+    res = _torchrun(tmp_path, tmp_path / "c.json")
+    history = json.loads((tmp_path / "ddp" / "train" / "history.json").read_text())
+    assert len(history) == 3
+    resumed = _weights(tmp_path / "ddp" / "train" / "best.pt")
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-10, atol=1e-12, msg=k)
