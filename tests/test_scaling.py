@@ -198,3 +198,29 @@ def test_ddp_resumes_from_its_checkpoint(tmp_path, serial):
     resumed = _weights(tmp_path / "ddp" / "train" / "best.pt")
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_command_line_executor_flags_reach_the_config(tmp_path):
+    from orbdistill.cli import _config_with_executor, build_parser
+
+    (tmp_path / "c.json").write_text(json.dumps(config(tmp_path)))
+    args = build_parser().parse_args(["generate", "--config", str(tmp_path / "c.json"), "--workers", "3"])
+    assert _config_with_executor(args)["executor"] == {"kind": "dask", "scheduler": None, "workers": 3,
+                                                       "threads_per_worker": 1}
+    args = build_parser().parse_args(["distill", "--config", str(tmp_path / "c.json"), "--scheduler", "tcp://h:8786"])
+    assert _config_with_executor(args)["executor"]["scheduler"] == "tcp://h:8786"
+    args = build_parser().parse_args(["generate", "--config", str(tmp_path / "c.json")])
+    assert _config_with_executor(args)["executor"]["kind"] == "local"
+
+
+def test_tasks_sharing_a_worker_do_not_share_its_teacher_at_the_same_time(tmp_path, serial):
+    """A worker with several Dask threads runs tasks concurrently; they must not use its one
+    teacher calculator at once (seen: 'forces not present in this calculation')."""
+    from distributed import Client, LocalCluster
+
+    _, ref = serial
+    cfg = config(tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None) as c, Client(c) as client:
+        m = run_generate(cfg, progress=False, client=client)
+    assert m["complete"]
+    assert_same_frames(frames_by_task(cfg["work_dir"]), ref)
