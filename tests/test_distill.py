@@ -175,7 +175,7 @@ def test_unknown_config_keys_are_named(tmp_path):
     ("generate", "nvt_temperatures_k", [300.0, -5.0], r"generate\.nvt_temperatures_k\.1 = -5\.0: .*greater than 0"),
     ("generate", "seeds", "x.cif", r"generate\.seeds = 'x\.cif': must be a list"),
     ("train", "epochs", 0, r"train\.epochs = 0: .*greater than 0"),
-    ("student", "overrides", {"cutoff": -1}, r"student .*cutoff"),
+    ("student", "overrides", {"cutoff": -1}, r"cutoff = -1: must be a positive distance"),
     ("student", "overrides", {"num_features": "many"}, r"student\.overrides\.num_features = 'many': must be a whole number"),
     ("student", "overrides", {"num_featurez": 3}, r"unknown v2 fields \['num_featurez'\]"),
     ("student", "kind", "v9", r"student\.kind = 'v9': must be one of"),

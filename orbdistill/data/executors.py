@@ -110,29 +110,8 @@ def worker_teacher(spec: dict, threads: Optional[int] = None):
         return _TEACHERS[key]
 
 
-def _teacher_lock(spec: dict) -> threading.Lock:
+def teacher_lock(spec: dict) -> threading.Lock:
     return _TEACHER_LOCKS[json.dumps(spec, sort_keys=True, default=str)]
-
-
-def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -> dict:
-    """Run one task and keep the frames that pass the rejection rules.
-
-    ``teacher`` is a Teacher or, on Dask workers, its spec (a dict).
-    """
-    from .generate import accept_frame, run_task
-
-    lock = contextlib.nullcontext()
-    if isinstance(teacher, dict):
-        spec = teacher
-        teacher = worker_teacher(spec, threads)
-        lock = _teacher_lock(spec)  # tasks sharing this worker's teacher run one after the other
-    t0 = time.perf_counter()
-    with lock:
-        frames = run_task(task, seeds, cfg, teacher)
-    kept = [f for f in frames if accept_frame(f, cfg)]
-    return {"id": task["id"], "frames": kept, "rejected": len(frames) - len(kept),
-            "seconds": round(time.perf_counter() - t0, 2), "worker": f"{os.uname().nodename}:{os.getpid()}",
-            "teacher_loads": _LOADS["count"]}
 
 
 def teacher_loads() -> int:
@@ -175,10 +154,11 @@ def dask_client(cfg: ExecutorConfig):
         cluster.close()
 
 
-def run_on_dask(client, todo, seeds, cfg, teacher, record, progress_bar, max_tasks: Optional[int] = None,
+def run_on_dask(client, task_fn, todo, seeds, cfg, teacher, record, progress_bar, max_tasks: Optional[int] = None,
                 threads: Optional[int] = None) -> int:
-    """Submit ``todo`` to ``client`` and ``record`` each result as it arrives (in this
-    process: the only writer). Returns the number of tasks recorded."""
+    """Submit ``task_fn(task, seeds, cfg, teacher_spec, threads)`` for every task of ``todo``
+    to ``client`` and ``record`` each result as it arrives (in this process: the only
+    writer). Returns the number of tasks recorded."""
     from distributed import as_completed
 
     if teacher.spec is None:
@@ -186,8 +166,9 @@ def run_on_dask(client, todo, seeds, cfg, teacher, record, progress_bar, max_tas
             f"Teacher {teacher.name!r} was made from a calculator object and cannot be sent to Dask workers; "
             "load it by name (load_teacher('sevennet-0'), ...) or use the local executor."
         )
-    seeds_future = client.scatter(list(seeds), broadcast=True)
-    futures = [client.submit(label_task, task, seeds_future, cfg, teacher.spec, threads, key=f"label-{task['id']}-"
+    # hash=False: a fresh key, never one a previous (cancelled) run is still releasing
+    seeds_future = client.scatter(list(seeds), broadcast=True, hash=False)
+    futures = [client.submit(task_fn, task, seeds_future, cfg, teacher.spec, threads, key=f"label-{task['id']}-"
                              f"{task['rng_seed']}", pure=False, retries=2) for task in todo]
     done = 0
     try:

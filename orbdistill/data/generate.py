@@ -27,6 +27,7 @@ rejected and counted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -277,6 +278,27 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
     raise ValueError(f"Unknown protocol {proto!r}")
 
 
+def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -> dict:
+    """Run one task and keep the frames that pass the rejection rules.
+
+    ``teacher`` is a Teacher or, on Dask workers, its spec (a dict).
+    """
+    from .executors import teacher_lock, teacher_loads, worker_teacher
+
+    lock = contextlib.nullcontext()
+    if isinstance(teacher, dict):
+        spec = teacher
+        teacher = worker_teacher(spec, threads)
+        lock = teacher_lock(spec)  # tasks sharing this worker's teacher run one after the other
+    t0 = time.perf_counter()
+    with lock:
+        frames = run_task(task, seeds, cfg, teacher)
+    kept = [f for f in frames if accept_frame(f, cfg)]
+    return {"id": task["id"], "frames": kept, "rejected": len(frames) - len(kept),
+            "seconds": round(time.perf_counter() - t0, 2), "worker": f"{os.uname().nodename}:{os.getpid()}",
+            "teacher_loads": teacher_loads()}
+
+
 # --------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------
@@ -312,7 +334,7 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
             "local" (default) runs the tasks here; "dask" on a Dask cluster
         client: a ``distributed.Client`` to use instead of the one ``executor`` describes
     """
-    from .executors import ExecutorConfig, dask_client, label_task, run_on_dask
+    from .executors import ExecutorConfig, dask_client, run_on_dask
 
     ex = executor if isinstance(executor, ExecutorConfig) else ExecutorConfig.from_dict(executor or {})
     if client is not None:  # a client given by the caller wins over the config
@@ -363,10 +385,10 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     try:
         if ex.kind == "dask":
             if client is not None:
-                run_on_dask(client, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+                run_on_dask(client, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
             else:
                 with dask_client(ex) as c:
-                    run_on_dask(c, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+                    run_on_dask(c, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
         else:
             for k, task in enumerate(todo):
                 if max_tasks is not None and k >= max_tasks:

@@ -48,6 +48,24 @@ class StudentConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check(self) -> None:
+        """Ranges every student needs; errors name the field, the value and what is allowed."""
+        import math
+
+        if not (isinstance(self.cutoff, (int, float)) and math.isfinite(self.cutoff) and self.cutoff > 0):
+            raise ValueError(f"cutoff = {self.cutoff!r}: must be a positive distance in Å")
+        if self.max_neighbors is not None and (not isinstance(self.max_neighbors, int) or self.max_neighbors < 1):
+            raise ValueError(f"max_neighbors = {self.max_neighbors!r}: must be a whole number >= 1, or null (no cap)")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            sizes = value if isinstance(value, list) and f.name != "species" else [value]
+            for v in sizes:
+                if isinstance(v, bool) or not isinstance(v, int) or f.name == "max_neighbors":
+                    continue
+                lowest = 0 if (f.name == "lmax" or f.name.endswith("_depth")) else 1  # 0 = no hidden layer
+                if v < lowest:
+                    raise ValueError(f"{f.name} = {value!r}: must be >= {lowest}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "StudentConfig":
         from orbdistill.config import dataclass_from_dict
@@ -102,6 +120,7 @@ class StudentModel(torch.nn.Module):
 
     def __init__(self, config: StudentConfig):
         super().__init__()
+        config.check()
         self.config = config
         species = sorted(set(int(z) for z in config.species))
         if not species or min(species) < 1 or max(species) > 118:
