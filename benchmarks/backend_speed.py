@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from orbdistill.calculator import StudentCalculator, exported_file
+from orbdistill.calculator import StudentCalculator
+from orbdistill.packages import exported_file
 from orbdistill.export import export_package, write_package
 from orbdistill.models import build_student
 from orbdistill.validation.throughput import run_speed_table, speed_table_markdown, write_speed_results
@@ -28,7 +29,7 @@ from orbdistill.validation.throughput import run_speed_table, speed_table_markdo
 
 def ensure_exports(pkg: Path, dtype="float32"):
     dt = getattr(torch, dtype)
-    missing = [f for f in ("torchscript", "onnx") if not os.path.exists(exported_file(pkg, f, dt))]
+    missing = [f for f in ("torchscript", "onnx") if not exported_file(pkg, f, str(dt).replace('torch.', '')).exists()]
     if missing:
         export_package(pkg, formats=tuple(missing), dtypes=(dtype,))
 
