@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -31,7 +32,15 @@ from .utils import resolve_dtype
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StudentCalculator", "BACKENDS"]
+__all__ = ["StudentCalculator", "BACKENDS", "ExtrapolationError", "ExtrapolationWarning"]
+
+
+class ExtrapolationError(RuntimeError):
+    """A structure outside a student's training domain, with ``on_extrapolation="raise"``."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """A structure outside a student's training domain (``on_extrapolation="warn"``)."""
 
 _ENGINES = (TorchEngine, TorchScriptEngine, OnnxEngine)  # CompileEngine is a TorchEngine
 
@@ -52,10 +61,17 @@ class StudentCalculator(Calculator):
         num_threads: if given, set torch's CPU thread count (a process-wide setting)
         backend: "torch", "compile", "torchscript" or "onnx" (the last two need a package
             with exports)
+        on_extrapolation: what to do when a structure leaves the package's training domain
+            (its largest per-atom ``uncertainty`` above the calibrated threshold of the card):
+            "warn" (default: a warning once per calculator, then a log line per structure),
+            "raise" (:class:`ExtrapolationError`) or "ignore"
 
     Properties: ``energy``, ``free_energy`` (= energy), ``forces`` (eV/Å), ``stress``
     (Voigt xx, yy, zz, yz, xz, xy in eV/Å^3, ASE sign; only for cells with volume) and
-    ``energies`` (per atom, eV).
+    ``energies`` (per atom, eV). Packages with a fitted domain model (``domain.pt``) add
+    ``uncertainty`` (per atom; training atoms score about 1, see
+    :mod:`orbdistill.models.domain`) and ``max_uncertainty`` (the structure's largest), on
+    the torch backend.
     """
 
     default_parameters: dict = {}
@@ -69,9 +85,15 @@ class StudentCalculator(Calculator):
         skin: float = 0.0,
         num_threads: Optional[int] = None,
         backend: str = "torch",
+        on_extrapolation: str = "warn",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if on_extrapolation not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_extrapolation must be 'warn', 'raise' or 'ignore', got {on_extrapolation!r}")
+        self.on_extrapolation = on_extrapolation
+        self._warned = False
+        self.domain, self.ood_threshold = None, None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype)
         if num_threads is not None:
@@ -88,6 +110,7 @@ class StudentCalculator(Calculator):
             self.card = read_card(package)
             self.engine = load_engine(package, backend, self.device, self.dtype, num_threads=num_threads)
             self.package = package
+            self._load_domain(package)
         else:
             self.engine = (CompileEngine if backend == "compile" else TorchEngine)(model, self.device, self.dtype)
         self.model = getattr(self.engine, "model", None)
@@ -100,6 +123,20 @@ class StudentCalculator(Calculator):
                                    dtype=self.dtype, device=self.device)
         self.skin = self.graphs.skin
         self.implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+        if self.domain is not None and getattr(self.engine, "has_features", False):
+            self.implemented_properties += ["uncertainty", "max_uncertainty"]
+
+    def _load_domain(self, package) -> None:
+        from .models import safe_torch_load
+        from .models.domain import DOMAIN_FILE, DomainModel
+
+        f = os.path.join(os.fspath(package), DOMAIN_FILE)
+        if not os.path.exists(f):
+            return
+        self.domain = DomainModel.from_state(safe_torch_load(f, what="domain model")).to(self.device)
+        self.ood_threshold = (self.card or {}).get("domain", {}).get("ood", {}).get("threshold")
+        if not getattr(self.engine, "has_features", False):
+            log.info("the %s backend returns no features: no per-atom uncertainty (use backend='torch')", self.engine.name)
 
     @classmethod
     def from_package(cls, path, backend: str = "torch", device=None, dtype="float32", **kwargs) -> "StudentCalculator":
@@ -141,7 +178,9 @@ class StudentCalculator(Calculator):
                 "energy and forces are available."
             )
         graph = self.graphs(atoms)
-        out = self.engine(graph, compute_stress=has_volume)
+        want_features = self.domain is not None and getattr(self.engine, "has_features", False)
+        out = self.engine(graph, compute_stress=has_volume, features=True) if want_features else \
+            self.engine(graph, compute_stress=has_volume)
         energy = float(out["energy"][0].detach().cpu())
         forces = out["forces"].detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(energy) or not np.isfinite(forces).all():
@@ -154,3 +193,24 @@ class StudentCalculator(Calculator):
         }
         if has_volume:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy().astype(np.float64))
+        if want_features:
+            u = self.domain(out["features"], graph.atomic_numbers).detach().cpu().numpy().astype(np.float64)
+            self.results["uncertainty"] = u
+            self.results["max_uncertainty"] = float(u.max())
+            self._check_domain(atoms, u)
+
+    def _check_domain(self, atoms, u: np.ndarray) -> None:
+        if self.ood_threshold is None or self.on_extrapolation == "ignore" or u.max() <= self.ood_threshold:
+            return
+        worst = np.argsort(-u)[:5]
+        msg = (f"{atoms.get_chemical_formula()}: outside this student's training domain (largest per-atom "
+               f"uncertainty {u.max():.2f} > threshold {self.ood_threshold:.2f}; atoms {worst.tolist()}, "
+               f"{int((u > self.ood_threshold).sum())} of {len(u)} above). Its errors here can be far above the "
+               "card's: check against the teacher, or distil with data that covers this structure.")
+        if self.on_extrapolation == "raise":
+            raise ExtrapolationError(msg)
+        if not self._warned:
+            warnings.warn(msg, ExtrapolationWarning, stacklevel=3)
+            self._warned = True
+        else:
+            log.info(msg)

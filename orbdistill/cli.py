@@ -137,6 +137,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from orbdistill.pipeline import calibrate_package
+
+    _threads(args.threads)
+    calibrate_package(args.package, args.data)
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from orbdistill.teachers import available_teachers
 
@@ -206,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None, help="torch CPU threads (stated in the report)")
     v.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="students' precision")
     v.set_defaults(func=cmd_validate)
+
+    k = sub.add_parser("calibrate", help="fit a package's out-of-domain signal from the data it was trained on")
+    k.add_argument("package", help="package folder or name")
+    k.add_argument("--data", required=True, help="the generated data folder (WORK_DIR/data) the package was trained on")
+    k.add_argument("--threads", type=int, default=None)
+    k.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("teachers", help="list teacher names")
     t.set_defaults(func=cmd_teachers)

@@ -44,8 +44,11 @@ class TorchEngine:
         self.cutoff = self.model.cutoff
         self.max_neighbors = self.model.max_neighbors
 
-    def __call__(self, graph, compute_stress: bool) -> dict:
-        out = self.model.predict(graph, compute_forces=True, compute_stress=compute_stress)
+    #: the engine can return the invariant per-atom features (the out-of-domain signal's input)
+    has_features = True
+
+    def __call__(self, graph, compute_stress: bool, features: bool = False) -> dict:
+        out = self.model.predict(graph, compute_forces=True, compute_stress=compute_stress, features=features)
         return {k: v.detach() for k, v in out.items()}
 
 
@@ -74,6 +77,7 @@ class CompileEngine(TorchEngine):
     """
 
     name = "compile"
+    has_features = False
 
     def __init__(self, model, device, dtype, mode: Optional[str] = None):
         super().__init__(model, device, dtype)
@@ -89,7 +93,7 @@ class CompileEngine(TorchEngine):
         self._energies = energies
         self._compiled_once = False
 
-    def __call__(self, graph, compute_stress: bool) -> dict:
+    def __call__(self, graph, compute_stress: bool, features: bool = False) -> dict:
         from .models.base import conservative_outputs
 
         if graph.num_atoms < 2 or graph.num_edges < 2:
@@ -112,6 +116,8 @@ class CompileEngine(TorchEngine):
 
 
 class _ExportedEngine:
+    has_features = False  # the exported graphs return energy, forces, stress and per-atom energies
+
     def _meta(self, meta: dict, path, dtype, package):
         if meta.get("dtype") != dtype_name(dtype):
             raise ValueError(f"{path} was exported in {meta.get('dtype')}, not {dtype_name(dtype)}.")

@@ -99,6 +99,40 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     return best, trainer, samples
 
 
+def fit_domain(model, train_samples, held_out_samples):
+    """The out-of-domain signal of ``model``: Gaussians on its training atoms' features,
+    calibrated on held-out frames (:mod:`orbdistill.models.domain`)."""
+    from orbdistill.models.domain import DomainModel, calibrate, sample_features
+
+    feats, numbers = sample_features(model, train_samples)
+    domain = DomainModel.fit(feats, numbers)
+    return domain, calibrate(model, domain, held_out_samples)
+
+
+def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None, log_fn=print) -> dict:
+    """Fit and calibrate the out-of-domain signal of an existing package from the generated
+    data it was trained on (the package's own split of trajectories is redone)."""
+    from orbdistill.export.package import write_domain
+    from orbdistill.models import load_student
+    from orbdistill.packages import find_package
+
+    package = find_package(package)
+    used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else {}
+    split = tuple(split or used.get("split", (0.8, 0.1, 0.1)))
+    seed = seed if seed is not None else used.get("train", {}).get("seed", 0)
+    model = load_student(package)
+    frames = read_frames(data_dir)
+    train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed)
+    train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, test_f or val_f))
+    domain, ood = fit_domain(model, train_s, held_s)
+    ood["fitted_on"] = f"{len(train_s)} training frames of {data_dir}"
+    write_domain(package, domain, ood)
+    if log_fn:
+        log_fn(f"{package}: out-of-domain threshold {ood['threshold']:.2f} "
+               f"({100 * ood['held_out_flagged']:.1f} % of {ood['n_frames']} held-out frames above)")
+    return ood
+
+
 def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     """Generate, train, evaluate on held-out trajectories and package. Returns a summary."""
     from orbdistill.export.package import write_package
@@ -151,8 +185,11 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
         "timing": {k: round(v, 1) for k, v in timing.items()},
         "plots": ["parity.png", "learning_curves.png"],
     }
+    domain, ood = fit_domain(best, train_s, held_out)
+    if log_fn:
+        log_fn(f"out-of-domain threshold {ood['threshold']:.2f} ({100 * ood['held_out_flagged']:.1f} % of held-out frames above)")
     pkg = write_package(best, cfg["package_dir"], card, config=cfg,
-                        files=[work / "parity.png", work / "learning_curves.png"])
+                        files=[work / "parity.png", work / "learning_curves.png"], domain=domain, domain_info=ood)
     summary = {"package": str(pkg), "metrics": metrics, "timing": card["timing"], "data": card["data"]}
     atomic_write_text(work / "results.json", json.dumps(summary, indent=1))
     if log_fn:

@@ -57,6 +57,41 @@ def test_end_to_end_distillation_learns_the_teacher(tmp_path):
     ref_forces = test[0].get_forces()
     atoms.calc = calc
     assert np.abs(atoms.get_forces() - ref_forces).mean() < 0.3 * f_std
+    # the out-of-domain signal: calibrated on held-out bulk, quiet there, loud on a surface
+    # and a cluster this bulk-trained student never saw
+    import warnings
+
+    from ase.build import fcc111
+    from ase.cluster import Icosahedron
+
+    from orbdistill.calculator import ExtrapolationError, ExtrapolationWarning
+
+    ood = card["domain"]["ood"]
+    assert (pkg / "domain.pt").exists() and ood["threshold"] > 0 and ood["held_out_flagged"] <= 0.05
+    bulk_scores = []
+    for frame in test:
+        a = frame.copy()
+        a.calc = StudentCalculator(pkg, on_extrapolation="raise")
+        a.get_potential_energy()  # in the domain: no error
+        bulk_scores.append(a.calc.results["max_uncertainty"])
+        assert a.calc.results["uncertainty"].shape == (len(a),)
+    slab = fcc111("Cu", (3, 3, 4), a=3.61, vacuum=8.0)
+    slab.rattle(0.02, seed=1)
+    slab.calc = StudentCalculator(pkg)
+    with pytest.warns(ExtrapolationWarning, match="outside this student's training domain"):
+        slab.get_potential_energy()
+    u = slab.calc.results["uncertainty"]
+    top = slab.positions[:, 2] > slab.positions[:, 2].max() - 0.5
+    assert u[top].mean() > 2 * np.median(bulk_scores)  # surface atoms score high
+    cluster = Icosahedron("Cu", 2)
+    cluster.calc = StudentCalculator(pkg, on_extrapolation="raise")
+    with pytest.raises(ExtrapolationError, match="Cu13"):
+        cluster.get_potential_energy()
+    cluster.calc = StudentCalculator(pkg, on_extrapolation="ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster.get_potential_energy()  # no warning when ignored
+    assert cluster.calc.results["max_uncertainty"] > ood["threshold"]
 
 
 def test_interrupted_generation_resumes_without_losing_or_duplicating_frames(tmp_path):

@@ -19,16 +19,19 @@ from ase.data import chemical_symbols
 
 from orbdistill.models.base import StudentModel
 from orbdistill.packages import MODEL_FILE, export_files, exported_file, read_card, weights_sha256, write_card
-from orbdistill.utils import atomic_write_text, resolve_dtype
+from orbdistill.utils import atomic_torch_save, atomic_write_text, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 
-def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dict] = None, files=()) -> Path:
+def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dict] = None, files=(),
+                  domain=None, domain_info: Optional[dict] = None) -> Path:
     """Write ``model`` and its card into ``out_dir`` (created; existing files replaced).
 
-    Exports made from earlier weights in the same folder are removed: a package never
-    holds an export that disagrees with its ``model.pt``.
+    Exports and a domain model made from earlier weights in the same folder are removed:
+    a package never holds files that disagree with its ``model.pt``. ``domain`` (a fitted
+    :class:`~orbdistill.models.domain.DomainModel`) is written as ``domain.pt`` and
+    ``domain_info`` (its calibration) goes into the card under ``domain.ood``.
     """
     from orbdistill._version import __version__
 
@@ -39,6 +42,10 @@ def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dic
     for f in export_files(out):
         log.warning("removing %s: it was exported from the previous weights; run `orbdistill export %s`", f, out)
         f.unlink()
+    from orbdistill.models.domain import DOMAIN_FILE
+
+    if (out / DOMAIN_FILE).exists():
+        (out / DOMAIN_FILE).unlink()  # fitted to the previous weights
     species = [int(z) for z in model.species.tolist()]
     full = {
         "name": out.name,
@@ -53,6 +60,8 @@ def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dic
     }
     full["weights_sha256"] = new_hash
     full.pop("exports", None)
+    if domain is not None:
+        _domain_files(out, full, domain, domain_info)
     write_card(out, full)
     if config is not None:
         atomic_write_text(out / "config.json", json.dumps(config, indent=1, default=str))
@@ -62,6 +71,26 @@ def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dic
             shutil.copyfile(f, out / f.name)
     atomic_write_text(out / "README.md", card_markdown(full))
     return out
+
+
+def _domain_files(out: Path, card: dict, domain, info: Optional[dict]) -> None:
+    from orbdistill.models.domain import DOMAIN_FILE
+
+    atomic_torch_save(domain.state(), out / DOMAIN_FILE)
+    card.setdefault("domain", {})["ood"] = {"method": "per-element Mahalanobis distance of the readout features",
+                                            "file": DOMAIN_FILE, "weights_sha256": card.get("weights_sha256"),
+                                            **(info or {})}
+
+
+def write_domain(package, domain, info: Optional[dict] = None) -> None:
+    """Add (or replace) a package's out-of-domain model and its calibration; the weights and
+    exports are not touched."""
+    out = Path(package)
+    card = read_card(out)
+    card["weights_sha256"] = weights_sha256(out)
+    _domain_files(out, card, domain, info)
+    write_card(out, card)
+    atomic_write_text(out / "README.md", card_markdown(card))
 
 
 def card_markdown(card: dict) -> str:
@@ -86,6 +115,10 @@ def card_markdown(card: dict) -> str:
             f"| held-out stress MAE | {m.get('stress_mae_gpa', float('nan')):.3f} GPa |",
             f"| held-out frames | {m.get('n_frames', '?')} (whole trajectories never seen in training) |",
         ]
+    ood = card.get("domain", {}).get("ood")
+    if ood:
+        lines.append(f"| out-of-domain threshold | {ood['threshold']:.2f} (largest per-atom `uncertainty`; "
+                     f"{100 * ood.get('held_out_flagged', 0):.1f} % of held-out frames above it) |")
     d = card.get("data")
     if d:
         lines.append(f"| training data | {d.get('n_frames')} frames ({d.get('n_train')} train, {d.get('n_val')} validation, "

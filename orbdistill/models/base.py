@@ -112,7 +112,8 @@ def cell_volumes(cell: torch.Tensor) -> torch.Tensor:
 class StudentModel(torch.nn.Module):
     """Base class of all students.
 
-    Subclasses implement :meth:`raw_atomic_energies` and set ``config_cls``. Inputs are the
+    Subclasses implement :meth:`invariant_features` and :meth:`readout_energies` and set
+    ``config_cls``. Inputs are the
     flat tensors of :class:`orbdistill.graph.AtomGraph`.
     """
 
@@ -131,6 +132,17 @@ class StudentModel(torch.nn.Module):
         self.register_buffer("energy_shift", torch.tensor(0.0))
 
     # ---- the part subclasses write ------------------------------------------------------
+    def invariant_features(self, vectors: torch.Tensor, atomic_numbers: torch.Tensor,
+                           edge_index: torch.Tensor) -> torch.Tensor:
+        """Per-atom invariant features [N, F] that the energy readout takes (what the
+        out-of-domain signal measures): vectors [E, 3] (Å), atomic_numbers [N], edge_index [2, E]."""
+        raise NotImplementedError
+
+    def readout_energies(self, features: torch.Tensor, atomic_numbers: torch.Tensor, batch: torch.Tensor,
+                         n_structures: int) -> torch.Tensor:
+        """Raw per-atom energies [N] from the features [N, F]."""
+        raise NotImplementedError
+
     def raw_atomic_energies(
         self,
         vectors: torch.Tensor,
@@ -140,7 +152,8 @@ class StudentModel(torch.nn.Module):
         n_structures: int,
     ) -> torch.Tensor:
         """vectors [E, 3] (Å), atomic_numbers [N], edge_index [2, E], batch [N] -> [N]"""
-        raise NotImplementedError
+        features = self.invariant_features(vectors, atomic_numbers, edge_index)
+        return self.readout_energies(features, atomic_numbers, batch, n_structures)
 
     # ---- shared -------------------------------------------------------------------------
     @property
@@ -151,15 +164,18 @@ class StudentModel(torch.nn.Module):
     def max_neighbors(self) -> Optional[int]:
         return self.config.max_neighbors
 
-    def atomic_energies(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch) -> torch.Tensor:
-        """Per-atom energies [N] (eV) from flat graph tensors."""
+    def atomic_energies(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch,
+                        return_features: bool = False):
+        """Per-atom energies [N] (eV) from flat graph tensors; with ``return_features`` also
+        the invariant features [N, F] (same forward pass)."""
         vectors = edge_vectors(positions, cell, edge_index, cell_shifts, batch)
-        raw = self.raw_atomic_energies(vectors, atomic_numbers, edge_index, batch, cell.shape[0])
+        features = self.invariant_features(vectors, atomic_numbers, edge_index)
+        raw = self.readout_energies(features, atomic_numbers, batch, cell.shape[0])
         e = raw * self.energy_scale + self.energy_shift + self.element_refs[atomic_numbers]
         repulsion = getattr(self, "repulsion", None)
         if repulsion is not None:  # physical pair term: never rescaled by the fit
             e = e + repulsion(vectors.norm(dim=1), atomic_numbers, edge_index, batch, cell.shape[0])
-        return e
+        return (e, features) if return_features else e
 
     def forward(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch) -> torch.Tensor:
         """Per-atom energies [N] (eV)."""
@@ -171,15 +187,17 @@ class StudentModel(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = True,
         training: bool = False,
+        features: bool = False,
     ) -> Dict[str, torch.Tensor]:
-        """Energy [B], per-atom energies [N], forces [N, 3] and stress [B, 3, 3] (eV/Å^3).
+        """Energy [B], per-atom energies [N], forces [N, 3] and stress [B, 3, 3] (eV/Å^3);
+        with ``features`` also the invariant per-atom features [N, F].
 
         Stress is ``(1/V) dE/d(strain)`` (ASE sign: negative under compression); it is zero
         for structures without a volume. ``training=True`` keeps the graph so that force
         and stress errors can be differentiated with respect to the parameters.
         """
         return conservative_outputs(self.atomic_energies, graph.inputs(), compute_forces=compute_forces,
-                                    compute_stress=compute_stress, training=training)
+                                    compute_stress=compute_stress, training=training, features=features)
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.parameters()))
@@ -211,6 +229,7 @@ def conservative_outputs(
     compute_stress: bool = True,
     training: bool = False,
     mark=None,
+    features: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Energy, forces and stress from per-atom energies by one autograd pass (see module docstring).
 
@@ -222,6 +241,8 @@ def conservative_outputs(
             cell_shifts [E, 3], cell [B, 3, 3], batch [N]
         mark: if given, called between the forward and the gradient pass (the analyser
             times them separately)
+        features: also return the invariant per-atom ``features`` [N, F] of the same pass
+            (``atomic_energies`` must accept ``return_features``)
     Returns:
         dict with ``energy`` [B], ``energies`` [N], and, when asked, ``forces`` [N, 3] and
         ``stress`` [B, 3, 3]
@@ -235,9 +256,15 @@ def conservative_outputs(
             pos_s, cell_s, displacement = strained(pos, cell, batch)
         else:
             pos_s, cell_s, displacement = pos, cell, None
-        e_atoms = atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
+        if features:
+            e_atoms, feats = atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch,
+                                             return_features=True)
+        else:
+            e_atoms = atomic_energies(pos_s, atomic_numbers, edge_index, cell_shifts, cell_s, batch)
         energy = torch.zeros(n_structures, dtype=e_atoms.dtype, device=e_atoms.device).index_add(0, batch, e_atoms)
         out = {"energy": energy, "energies": e_atoms}
+        if features:
+            out["features"] = feats.detach()
         if mark is not None:
             mark()
         if not need_grad:

@@ -156,8 +156,10 @@ class OrbStudentV1(StudentModel):
             h, e = layer(h, e, senders, receivers, envelope)
         return h
 
-    def raw_atomic_energies(self, vectors, atomic_numbers, edge_index, batch, n_structures: int):
-        h = self.node_states(vectors, atomic_numbers, edge_index)
+    def invariant_features(self, vectors, atomic_numbers, edge_index):
+        return self.node_states(vectors, atomic_numbers, edge_index)
+
+    def readout_energies(self, h, atomic_numbers, batch, n_structures: int):
         if self.config.readout == "mean_pool":
             pooled = scatter_mean(h, batch, n_structures)
             e = (self.head(pooled).squeeze(-1) * self.head_std + self.head_mean)[batch]

@@ -181,6 +181,8 @@ class FastStudentV2(StudentModel):
             s, v = upd(s, v)
         return s, v
 
-    def raw_atomic_energies(self, vectors, atomic_numbers, edge_index, batch, n_structures: int):
-        s, _ = self.node_states(vectors, atomic_numbers, edge_index)
-        return self.readout(s).squeeze(-1)
+    def invariant_features(self, vectors, atomic_numbers, edge_index):
+        return self.node_states(vectors, atomic_numbers, edge_index)[0]
+
+    def readout_energies(self, features, atomic_numbers, batch, n_structures: int):
+        return self.readout(features).squeeze(-1)

@@ -111,6 +111,8 @@ class E3nnStudentV2(StudentModel):
         x = self.node_features(vectors, atomic_numbers, edge_index)
         return x[:, self.f:].reshape(x.shape[0], self.f, 3)
 
-    def raw_atomic_energies(self, vectors, atomic_numbers, edge_index, batch, n_structures: int):
-        x = self.node_features(vectors, atomic_numbers, edge_index)
-        return self.readout(x[:, : self.f]).squeeze(-1)
+    def invariant_features(self, vectors, atomic_numbers, edge_index):
+        return self.node_features(vectors, atomic_numbers, edge_index)[:, : self.f]
+
+    def readout_energies(self, features, atomic_numbers, batch, n_structures: int):
+        return self.readout(features).squeeze(-1)
