@@ -127,16 +127,17 @@ class StudentCalculator(Calculator):
             self.implemented_properties += ["uncertainty", "max_uncertainty"]
 
     def _load_domain(self, package) -> None:
-        from .models import safe_torch_load
-        from .models.domain import DOMAIN_FILE, DomainModel
-
-        f = os.path.join(os.fspath(package), DOMAIN_FILE)
+        f = os.path.join(os.fspath(package), "domain.pt")
         if not os.path.exists(f):
             return
+        if not getattr(self.engine, "has_features", False):  # exported graphs: no features, no model code
+            log.info("the %s backend returns no features: no per-atom uncertainty (use backend='torch')", self.engine.name)
+            return
+        from .models import safe_torch_load
+        from .models.domain import DomainModel
+
         self.domain = DomainModel.from_state(safe_torch_load(f, what="domain model")).to(self.device)
         self.ood_threshold = (self.card or {}).get("domain", {}).get("ood", {}).get("threshold")
-        if not getattr(self.engine, "has_features", False):
-            log.info("the %s backend returns no features: no per-atom uncertainty (use backend='torch')", self.engine.name)
 
     @classmethod
     def from_package(cls, path, backend: str = "torch", device=None, dtype="float32", **kwargs) -> "StudentCalculator":

@@ -1,0 +1,175 @@
+"""Does the out-of-domain signal flag the structures where a student is wrong?
+
+    python benchmarks/ood_signal.py --package cu-sevennet-v2 --teacher sevennet-0 \
+        [--in-domain runs/cu-sevennet-v2/data] [--out benchmarks/results]
+
+Probe frames the student never saw, labelled by the teacher: low-index slabs (100), (110),
+(111) (rattled), clusters (13, 55, 147-atom icosahedra and a 38-atom octahedron), vacancies
+and interstitials in bulk, hot bulk beyond the training temperatures, compressed and
+expanded cells beyond the strain range; and in-domain frames (held-out trajectories of the
+package's own data when ``--in-domain`` is given, else fresh rattled bulk).
+
+For each frame: the student's force MAE against the teacher, and the largest per-atom
+uncertainty. A frame is *bad* when its force MAE exceeds 3x the card's held-out force MAE.
+Reports the share of bad frames flagged (goal >= 90 %) and of in-domain frames flagged
+(goal <= 5 %), per kind; writes ``ood_<package>.json`` and ``ood_<package>.png`` (error
+against uncertainty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def probe_frames(a0: float, seed: int = 0):
+    """(kind, atoms) pairs: structures a bulk-trained Cu student has not seen."""
+    from ase.build import bulk, fcc100, fcc110, fcc111
+    from ase.cluster import Icosahedron, Octahedron
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, builder in (("slab(100)", fcc100), ("slab(110)", fcc110), ("slab(111)", fcc111)):
+        for k in range(4):
+            s = builder("Cu", (3, 3, 5), a=a0, vacuum=8.0)
+            s.rattle(0.02 + 0.02 * k, seed=int(rng.integers(1 << 30)))
+            out.append((name, s))
+    for n in (2, 3, 4):  # 13, 55, 147 atoms
+        for k in range(2):
+            c = Icosahedron("Cu", n, latticeconstant=a0)
+            c.rattle(0.03, seed=int(rng.integers(1 << 30)))
+            out.append(("cluster", c))
+    o = Octahedron("Cu", 4, cutoff=1, latticeconstant=a0)  # 38 atoms
+    o.rattle(0.03, seed=1)
+    out.append(("cluster", o))
+    cell = bulk("Cu", "fcc", a=a0, cubic=True).repeat(3)
+    for k in range(4):
+        v = cell.copy()
+        del v[int(rng.integers(len(v)))]
+        v.rattle(0.03, seed=int(rng.integers(1 << 30)))
+        out.append(("vacancy", v))
+        i = cell.copy()
+        i.append("Cu")
+        i.positions[-1] = np.array([0.5, 0.5, 0.0]) * a0 + [0.0, 0.0, a0 / 2]  # octahedral site
+        i.rattle(0.03, seed=int(rng.integers(1 << 30)))
+        out.append(("interstitial", i))
+    for k, sigma in enumerate((0.25, 0.35)):  # hot: rattles of a melt-like amplitude
+        h = cell.copy()
+        h.rattle(sigma, seed=100 + k)
+        out.append(("hot", h))
+    for scale in (0.88, 0.92, 1.08, 1.12):
+        s = cell.copy()
+        s.set_cell(s.cell.array * scale, scale_atoms=True)
+        s.rattle(0.03, seed=7)
+        out.append(("compressed" if scale < 1 else "expanded", s))
+    return out
+
+
+def in_domain_frames(package: Path, data_dir, n: int, a0: float):
+    if data_dir:
+        from orbdistill.data import read_frames, split_by_trajectory
+
+        cfg = json.loads((package / "config.json").read_text())
+        frames = read_frames(data_dir)
+        _, val, test = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0))
+        held = test or val
+        idx = np.random.default_rng(0).choice(len(held), size=min(n, len(held)), replace=False)
+        return [("in-domain (held-out)", held[i]) for i in sorted(idx)]
+    from ase.build import bulk
+
+    out = []
+    for k in range(n):
+        b = bulk("Cu", "fcc", a=a0, cubic=True).repeat(2)
+        b.rattle(0.05, seed=k)
+        out.append(("in-domain (rattled bulk)", b))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--package", default="cu-sevennet-v2")
+    p.add_argument("--teacher", default="sevennet-0")
+    p.add_argument("--in-domain", default=None, help="the package's generated data folder (held-out frames)")
+    p.add_argument("--n-in-domain", type=int, default=60)
+    p.add_argument("--a0", type=float, default=3.61)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from orbdistill import StudentCalculator, load_teacher
+    from orbdistill.packages import find_package, read_card
+
+    pkg = find_package(args.package)
+    card = read_card(pkg)
+    threshold = card["domain"]["ood"]["threshold"]
+    bad_mae = 3 * card["metrics"]["force_mae_mev_a"] / 1e3
+    teacher = load_teacher(args.teacher)
+    student = StudentCalculator(pkg, on_extrapolation="ignore")
+    rows = []
+    t0 = time.perf_counter()
+    frames = in_domain_frames(pkg, args.in_domain, args.n_in_domain, args.a0) + probe_frames(args.a0)
+    for kind, atoms in frames:
+        a = atoms.copy()
+        if kind.startswith("in-domain (held") and atoms.calc is not None:
+            f_ref = atoms.get_forces()
+        else:
+            (pred,) = teacher.predict([a])
+            f_ref = pred.forces
+        a.calc = student
+        f = a.get_forces()
+        u = a.calc.results["max_uncertainty"]
+        rows.append({"kind": kind, "n_atoms": len(a), "force_mae_ev_a": float(np.abs(f - f_ref).mean()),
+                     "max_uncertainty": float(u), "flagged": bool(u > threshold)})
+    seconds = time.perf_counter() - t0
+    rows_in = [r for r in rows if r["kind"].startswith("in-domain")]
+    rows_out = [r for r in rows if not r["kind"].startswith("in-domain")]
+    bad = [r for r in rows if r["force_mae_ev_a"] > bad_mae]
+    summary = {
+        "package": pkg.name, "teacher": args.teacher, "threshold": threshold, "bad_force_mae_ev_a": bad_mae,
+        "bad_frames": len(bad), "bad_flagged_share": float(np.mean([r["flagged"] for r in bad])) if bad else None,
+        "in_domain_frames": len(rows_in), "in_domain_flagged_share": float(np.mean([r["flagged"] for r in rows_in])),
+        "probe_frames": len(rows_out), "probe_flagged_share": float(np.mean([r["flagged"] for r in rows_out])),
+        "per_kind": {}, "seconds": seconds, "threads": args.threads,
+    }
+    for kind in sorted({r["kind"] for r in rows}):
+        rs = [r for r in rows if r["kind"] == kind]
+        summary["per_kind"][kind] = {"frames": len(rs), "force_mae_ev_a_median": float(np.median([r["force_mae_ev_a"] for r in rs])),
+                                     "max_uncertainty_median": float(np.median([r["max_uncertainty"] for r in rs])),
+                                     "flagged_share": float(np.mean([r["flagged"] for r in rs])),
+                                     "bad_share": float(np.mean([r["force_mae_ev_a"] > bad_mae for r in rs]))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ood_{pkg.name}.json").write_text(json.dumps({"summary": summary, "frames": rows}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    kinds = sorted({r["kind"] for r in rows})
+    for k, kind in enumerate(kinds):
+        rs = [r for r in rows if r["kind"] == kind]
+        ax.scatter([r["max_uncertainty"] for r in rs], [1e3 * r["force_mae_ev_a"] for r in rs], s=18,
+                   label=kind, marker="o" if kind.startswith("in-domain") else "^", color=plt.cm.tab10(k % 10))
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.axhline(1e3 * bad_mae, color="r", ls=":", lw=1, label="3x card force MAE")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("largest per-atom uncertainty of the frame")
+    ax.set_ylabel("student force MAE vs teacher (meV/Å)")
+    ax.set_title(f"{pkg.name}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
+                 f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / f"ood_{pkg.name}.png", dpi=120)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
