@@ -92,6 +92,14 @@ def test_end_to_end_distillation_learns_the_teacher(tmp_path):
         warnings.simplefilter("error")
         cluster.get_potential_energy()  # no warning when ignored
     assert cluster.calc.results["max_uncertainty"] > ood["threshold"]
+    # refitting an existing package from its data redoes the same split and fit, and leaves
+    # the weights alone
+    from orbdistill.pipeline import calibrate_package
+
+    weights = (pkg / "model.pt").read_bytes()
+    again = calibrate_package(pkg, tmp_path / "run" / "data", log_fn=None)
+    assert (pkg / "model.pt").read_bytes() == weights
+    assert again["threshold"] == pytest.approx(ood["threshold"], rel=1e-5)
 
 
 def test_interrupted_generation_resumes_without_losing_or_duplicating_frames(tmp_path):
