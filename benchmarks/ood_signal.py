@@ -6,8 +6,10 @@
 Probe frames the student never saw, labelled by the teacher: low-index slabs (100), (110),
 (111) (rattled), clusters (13, 55, 147-atom icosahedra and a 38-atom octahedron), vacancies
 and interstitials in bulk, hot bulk beyond the training temperatures, compressed and
-expanded cells beyond the strain range; and in-domain frames (held-out trajectories of the
-package's own data when ``--in-domain`` is given, else fresh rattled bulk).
+expanded cells beyond the strain range; and in-domain frames (the validation trajectories of
+the package's own data when ``--in-domain`` is given: seen neither by the domain fit, which
+uses the training frames, nor by its calibration, which uses the test frames; else fresh
+rattled bulk).
 
 For each frame: the student's force MAE against the teacher, and the largest per-atom
 uncertainty. A frame is *bad* when its force MAE exceeds 3x the card's held-out force MAE.
@@ -75,10 +77,11 @@ def in_domain_frames(package: Path, data_dir, n: int, a0: float):
 
         cfg = json.loads((package / "config.json").read_text())
         frames = read_frames(data_dir)
-        _, val, test = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0))
-        held = test or val
-        idx = np.random.default_rng(0).choice(len(held), size=min(n, len(held)), replace=False)
-        return [("in-domain (held-out)", held[i]) for i in sorted(idx)]
+        _, val, _ = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0))
+        # the validation trajectories: fitted neither by the domain model (training frames)
+        # nor by its calibration (test frames)
+        idx = np.random.default_rng(0).choice(len(val), size=min(n, len(val)), replace=False)
+        return [("in-domain (held-out)", val[i]) for i in sorted(idx)]
     from ase.build import bulk
 
     out = []

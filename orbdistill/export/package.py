@@ -139,6 +139,14 @@ def card_markdown(card: dict) -> str:
         "valid for the species above and for configurations like those it was trained on: check it",
         "against the teacher on your system before production runs.",
     ]
+    if ood:
+        lines += [
+            "",
+            "The calculator returns a per-atom `uncertainty` (training atoms score about 1) and warns when a",
+            f"structure's largest value exceeds {ood['threshold']:.2f}: the student is then outside the data it",
+            "learned from, and its errors can be far above those in the table (`on_extrapolation=\"raise\"` makes",
+            "that an error). See docs/domain.md in the orbdistill repository.",
+        ]
     if (card.get("plots")):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in card["plots"]]
     return "\n".join(lines) + "\n"
