@@ -3,7 +3,8 @@
 One place for: the reference crystal of an element, the Cu fcc test cell of a given size,
 and the supercell search. ``ase.build.find_optimal_cell_shape`` was considered for the
 supercell: for atom counts that cannot form a cube it returns skewed cells (angles of
-79-115 deg for 64 atoms of primitive fcc) and costs 0.3-0.9 s a call, so a search over
+79-113 deg for 64 atoms of primitive fcc, 96-115 deg for 100 atoms of the cubic cell) and costs
+0.3-0.9 s a call, so a search over
 diagonal repetitions is used instead.
 """
 

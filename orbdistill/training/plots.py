@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orbdistill.training.trainer import EV_A3_TO_GPA
+
 
 def _plt():
     import matplotlib
@@ -44,7 +46,7 @@ def plot_parity(pred: dict, metrics: dict, path, title: str = "") -> None:
     panels = [
         ("energy_per_atom", "energy_per_atom_ref", "energy (eV/atom)", 1.0, f"MAE {metrics.get('energy_mae_mev_atom', np.nan):.2f} meV/atom"),
         ("forces", "forces_ref", "force components (eV/Å)", 1.0, f"MAE {metrics.get('force_mae_mev_a', np.nan):.1f} meV/Å"),
-        ("stress", "stress_ref", "stress components (GPa)", 160.21766208, f"MAE {metrics.get('stress_mae_gpa', np.nan):.3f} GPa"),
+        ("stress", "stress_ref", "stress components (GPa)", EV_A3_TO_GPA, f"MAE {metrics.get('stress_mae_gpa', np.nan):.3f} GPa"),
     ]
     panels = [p for p in panels if len(pred.get(p[0], [])) > 0]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.3))

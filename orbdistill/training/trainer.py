@@ -27,6 +27,7 @@ from typing import Annotated, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 import torch
+from ase import units
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from tqdm.auto import tqdm
 
@@ -39,7 +40,7 @@ from orbdistill.utils import atomic_torch_save, atomic_write_text, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-EV_A3_TO_GPA = 160.21766208
+EV_A3_TO_GPA = 1.0 / units.GPa  # 160.2177 GPa per eV/Å^3
 
 
 @config_dataclass
@@ -136,7 +137,10 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
         counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds")],
                                     dtype=torch.float64)
     counts = dist.all_reduce_sum(counts_local.clone()) if dist is not None else counts_local
-    loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps every rank's graph attached to the weights
+    if not parts:  # an empty shard (a rank with no structure in this batch): a zero attached to every weight,
+        # so its gradients exist (zeros) and the all_reduce of the flat gradient has the same size on every rank
+        return sum(p.sum() * 0.0 for p in model.parameters()), {}
+    loss = 0.0
     terms = (("de", cfg.energy_weight, stats["energy_per_atom_std"]), ("df", cfg.forces_weight, stats["forces_std"]),
              ("ds", cfg.stress_weight, stats["stress_std"]))
     for k, (key, weight, std) in enumerate(terms):
