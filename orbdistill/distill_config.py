@@ -218,7 +218,11 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
     except ValidationError as exc:
         raise ConfigError("\n".join(f"{origin}: {line}" for line in _format_pydantic(exc, "student.overrides").splitlines())) from None
     try:
-        build_student(s["kind"], species, **s.get("overrides", {}))
+        model = build_student(s["kind"], species, **s.get("overrides", {}))
     except Exception as exc:
         raise ConfigError(f"{origin}: student ({s['kind']}, overrides {s.get('overrides', {})}): "
                           f"{type(exc).__name__}: {exc}") from None
+    gen = cfg["generate"]
+    if set(gen.get("coverage", ())) & {"surface", "cluster"} and gen["vacuum"] < model.cutoff:
+        raise ConfigError(f"{origin}: generate.vacuum = {gen['vacuum']} Å is shorter than the student's cutoff "
+                          f"({model.cutoff} Å): the two sides of a slab or cluster would see each other")

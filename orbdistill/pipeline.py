@@ -28,8 +28,8 @@ from typing import Optional, Union
 
 from orbdistill.distill_config import load_distill_config
 from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
-from orbdistill.data.generate import GenerateConfig, generate, read_frames
-from orbdistill.training.trainer import TrainConfig, Trainer, evaluate
+from orbdistill.data.generate import GenerateConfig, domain_summary, generate, read_frames
+from orbdistill.training.trainer import TrainConfig, Trainer, evaluate, evaluate_by_group
 from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     metrics = evaluate(best, held_out, dtype=tc.dtype, device=tc.device, return_predictions=True)
     preds = metrics.pop("predictions")
     metrics["held_out"] = "test trajectories" if test_s else "validation trajectories (no test split)"
+    metrics["by_group"] = evaluate_by_group(best, held_out, dtype=tc.dtype, device=tc.device)
     plot_learning_curves(trainer.history, work / "learning_curves.png")
     plot_parity(preds, metrics, work / "parity.png", title=f"{cfg['name']}: held-out trajectories")
     timing["total_s"] = time.perf_counter() - t0
@@ -181,6 +182,7 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
         "data": {"n_frames": manifest["n_frames"], "n_rejected": manifest["n_rejected"], "n_train": len(train_s),
                  "n_val": len(val_s), "n_test": len(test_s), "protocols": protocols,
                  "temperatures_k": manifest["config"]["nvt_temperatures_k"], "sizes": manifest["config"]["sizes"]},
+        "coverage": domain_summary(manifest),
         "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch, "stats": trainer.stats},
         "timing": {k: round(v, 1) for k, v in timing.items()},
         "plots": ["parity.png", "learning_curves.png"],

@@ -23,7 +23,7 @@ def small_config(tmp_path, **over):
             "nvt_temperatures_k": [300.0, 700.0, 1000.0], "nvt_trajectories_per_temperature": 2,
             "nvt_equilibration_steps": 10, "nvt_interval_steps": 3, "nvt_frames": 12,
             "strain_frames": 36, "strain_frames_per_task": 12, "rattle_relax_frames": 24,
-            "rattle_relax_per_task": 3, "rattle_relax_steps": 3,
+            "rattle_relax_per_task": 3, "rattle_relax_steps": 3, "coverage": [],  # bulk only
         },
         "train": {"epochs": 20, "batch_size": 8, "lr": 4e-3, "warmup_epochs": 1, "patience": 50},
         "split": [0.7, 0.15, 0.15],
@@ -127,15 +127,35 @@ def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
     teacher = load_teacher("emt")
     gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[500.0], nvt_frames=3,
                           nvt_equilibration_steps=2, npt_pressures_gpa=[0.0, 2.0], npt_frames=3, strain_frames=3,
-                          rattle_relax_frames=4, rattle_relax_per_task=1, relax_trajectories=1, relax_max_steps=5)
+                          rattle_relax_frames=4, rattle_relax_per_task=1, relax_trajectories=1, relax_max_steps=5,
+                          surface_millers=[(1, 1, 1)], surface_temperatures_k=[600.0], surface_frames=2,
+                          surface_rattle_relax_starts=1, defect_temperatures_k=[600.0], defect_frames=2,
+                          defect_relax_steps=1, cluster_sizes=[13], cluster_temperatures_k=[600.0], cluster_frames=2,
+                          cluster_relax_steps=1, hot_temperature_factors=[1.2], hot_frames=2, hot_melt_steps=5,
+                          volume_scales=[0.9], volume_frames=2)
     m = generate(gcfg, teacher, tmp_path / "d", progress=False)
     frames = read_frames(tmp_path / "d")
     protos = {f.info["protocol"] for f in frames}
-    assert protos == {"nvt", "npt", "strain", "rattle_relax", "relax"}
+    assert protos == {"nvt", "npt", "strain", "rattle_relax", "relax", "surface", "defect", "cluster", "hot", "volume"}
     for f in frames:
         assert f.info["teacher"] == "emt" and "traj_id" in f.info and "rng_seed" in f.info
-        assert f.get_stress().shape == (6,)
+        if f.info["protocol"] == "cluster":  # non-periodic: no stress, and the provenance says which
+            assert not f.pbc.any() and f.info["cluster_size"] == 13 and "stress" not in f.calc.results
+        else:
+            assert f.get_stress().shape == (6,)
+    by = {p: [f for f in frames if f.info["protocol"] == p] for p in protos}
+    assert {f.info["facet"] for f in by["surface"]} == {"(1,1,1)"}
+    assert {f.info["defect"] for f in by["defect"]} == {"vacancy:Cu", "interstitial:Cu"}  # no antisite in Cu
+    assert {len(f) for f in by["defect"]} == {31, 33}
+    assert [f.info["temperature_K"] for f in by["hot"]] == pytest.approx([1.2 * 1357.77] * 2, abs=0.1)
+    assert all(f.info["volume_scale"] == 0.9 for f in by["volume"])
     assert m["teacher"]["name"] == "emt"
+    from orbdistill.data.generate import domain_summary
+
+    cover = domain_summary(m)
+    assert set(cover) == {"bulk", "surface", "defect", "cluster", "hot", "volume"}
+    assert cover["bulk"]["pressures_gpa"] == [0.0, 2.0] and cover["cluster"]["cluster_sizes"] == [13]
+    assert sum(c["frames"] for c in cover.values()) == len(frames)
 
 
 def test_split_keeps_trajectories_whole(tmp_path):

@@ -7,7 +7,8 @@ task is written as one extxyz chunk, atomically (temporary file + rename), and r
 finished tasks, so an interrupted run resumes without losing or duplicating frames.
 
 Every frame carries provenance in ``atoms.info``: ``traj_id``, ``protocol``,
-``temperature_K``, ``pressure_GPa``, ``teacher``, ``rng_seed``; the manifest records the
+``temperature_K``, ``pressure_GPa``, ``teacher``, ``rng_seed``, ``seed_kind`` and, where
+they apply, ``facet``, ``defect``, ``cluster_size``, ``volume_scale``; the manifest records the
 teacher's description (name, version, weights) and the configuration.
 
 Protocols (the recipe follows published distillation work, see ../shared/REFERENCE.md:
@@ -20,6 +21,24 @@ MD at several temperatures, rattle-relax augmentation, strained cells for stress
 * ``rattle_relax``: rattle with sigma log-uniform in [0.01, 0.1] Å, then a few FIRE steps,
   each step a frame;
 * ``relax``: strained and rattled structures relaxed with FIRE + ``FrechetCellFilter``.
+
+Coverage protocols (``coverage``; each applies where it makes sense for the seed, see
+:func:`orbdistill.data.coverage.seed_kind`), so that students see what users simulate:
+
+* ``surface``: slabs of each facet in ``surface_millers`` cut from a bulk seed (a
+  liquid-vapour interface for a molecular seed, the seed itself for a slab seed), with
+  ``vacuum`` Å between images: NVT at ``surface_temperatures_k`` and rattle-relax;
+* ``defect``: vacancies, interstitials (in the largest void) and antisites (multi-element
+  seeds) in a bulk supercell: a few relaxation steps, then NVT at ``defect_temperatures_k``;
+* ``cluster``: non-periodic clusters of ``cluster_sizes`` atoms cut from the bulk (whole
+  molecules for a molecular seed): relaxation steps, then NVT at ``cluster_temperatures_k``;
+* ``hot``: NVT at multiples of the melting point (``melting_point_k``, or an estimate from
+  element data), melted first at twice the melting point when the target is above it;
+* ``volume``: cells scaled isotropically by ``volume_scales`` (beyond the strain range;
+  molecules are moved as rigid units), rattled: the short-range repulsion students miss.
+
+``keep_fraction`` < 1 keeps that share of each task's frames, chosen by farthest-point
+sampling (:mod:`orbdistill.data.selection`), so near-duplicate MD frames do not dominate.
 
 Frames with forces above ``reject_fmax`` or atoms closer than ``reject_min_distance`` are
 rejected and counted.
@@ -37,7 +56,7 @@ import os
 import time
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Dict, List, Literal, Optional
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ase import Atoms, units
@@ -57,7 +76,16 @@ from .seeds import load_seeds
 log = logging.getLogger(__name__)
 
 
-PROTOCOLS = ("nvt", "npt", "strain", "rattle_relax", "relax")
+BASE_PROTOCOLS = ("nvt", "npt", "strain", "rattle_relax", "relax")
+COVERAGE = ("surface", "defect", "cluster", "hot", "volume")
+PROTOCOLS = BASE_PROTOCOLS + COVERAGE
+# which coverage protocols apply to which kind of seed
+APPLIES = {"bulk": COVERAGE, "molecular": ("surface", "cluster", "hot", "volume"),
+           "slab": ("surface",), "molecule": ("hot",)}
+# how held-out errors are grouped: the base protocols all sample the bulk crystal
+PROTOCOL_GROUPS = {**{p: "bulk" for p in BASE_PROTOCOLS}, **{p: p for p in COVERAGE}}
+# provenance keys copied from a task into every frame's info
+PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "volume_scale")
 
 
 @config_dataclass
@@ -94,6 +122,30 @@ class GenerateConfig:
     relax_trajectories: NonNegativeInt = 0
     relax_max_steps: PositiveInt = 25
     relax_fmax: PositiveFloat = 0.02
+    coverage: List[Literal[COVERAGE]] = field(default_factory=lambda: list(COVERAGE))
+    surface_millers: List[Tuple[int, int, int]] = field(default_factory=lambda: [(1, 0, 0), (1, 1, 0), (1, 1, 1)])
+    surface_min_thickness: PositiveFloat = 10.0
+    vacuum: Annotated[float, Field(ge=6.0)] = 12.0
+    surface_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
+    surface_frames: NonNegativeInt = 25
+    surface_rattle_relax_starts: NonNegativeInt = 4
+    defect_kinds: List[Literal["vacancy", "interstitial", "antisite"]] = field(
+        default_factory=lambda: ["vacancy", "interstitial", "antisite"])
+    defect_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
+    defect_frames: NonNegativeInt = 20
+    defect_relax_steps: NonNegativeInt = 6
+    cluster_sizes: List[Annotated[int, Field(ge=2)]] = field(default_factory=lambda: [13, 38, 55])
+    cluster_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 700.0])
+    cluster_frames: NonNegativeInt = 20
+    cluster_relax_steps: NonNegativeInt = 6
+    melting_point_k: Optional[PositiveFloat] = None
+    hot_temperature_factors: List[PositiveFloat] = field(default_factory=lambda: [0.8, 1.25])
+    hot_frames: NonNegativeInt = 30
+    hot_melt_steps: NonNegativeInt = 150
+    hot_timestep_fs: Annotated[float, Field(gt=0, le=20)] = 2.0
+    volume_scales: List[Annotated[float, Field(gt=0.5, lt=1.5)]] = field(default_factory=lambda: [0.88, 0.92, 1.08, 1.12])
+    volume_frames: NonNegativeInt = 8
+    keep_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     reject_fmax: PositiveFloat = 30.0
     reject_min_distance: NonNegativeFloat = 0.5
     seed: NonNegativeInt = 0
@@ -108,8 +160,13 @@ class GenerateConfig:
 # --------------------------------------------------------------------------------------
 
 
-def plan_tasks(cfg: GenerateConfig, n_seeds: int) -> List[dict]:
-    """The deterministic task list of a configuration."""
+def plan_tasks(cfg: GenerateConfig, seeds: Union[int, Sequence[Atoms]]) -> List[dict]:
+    """The deterministic task list of a configuration for its seed structures (given as a
+    count, the seeds are taken as bulk crystals and only the base protocols are planned)."""
+    from .coverage import estimated_melting_point, seed_kind
+
+    n_seeds = seeds if isinstance(seeds, int) else len(seeds)
+    kinds = ["bulk"] * n_seeds if isinstance(seeds, int) else [seed_kind(a) for a in seeds]
     tasks = []
 
     def add(**kw):
@@ -143,6 +200,49 @@ def plan_tasks(cfg: GenerateConfig, n_seeds: int) -> List[dict]:
         for size in sizes("relax"):
             for k in range(cfg.relax_trajectories):
                 add(protocol="relax", seed_index=s, size=size, repeat=k)
+        if isinstance(seeds, int):
+            continue
+        kind = kinds[s]
+        applies = [p for p in cfg.coverage if p in APPLIES[kind]]
+        if "surface" in applies:
+            from .coverage import facet_label
+
+            facets = [(facet_label(m), list(m)) for m in cfg.surface_millers] if kind == "bulk" else \
+                [("liquid-vapour" if kind == "molecular" else "as-given", None)]
+            for size in sizes("surface"):
+                for facet, miller in facets:
+                    for t in cfg.surface_temperatures_k if cfg.surface_frames else []:
+                        add(protocol="surface", seed_index=s, seed_kind=kind, size=size, facet=facet, miller=miller,
+                            mode="md", temperature_K=float(t), n_frames=cfg.surface_frames)
+                    if cfg.surface_rattle_relax_starts:
+                        add(protocol="surface", seed_index=s, seed_kind=kind, size=size, facet=facet, miller=miller,
+                            mode="rattle_relax", n_starts=cfg.surface_rattle_relax_starts)
+        if "defect" in applies and (cfg.defect_frames or cfg.defect_relax_steps):
+            from .coverage import defect_kinds_for
+
+            symbols = seeds[s].get_chemical_symbols()
+            for size in sizes("defect"):
+                for defect in defect_kinds_for(Atoms(symbols), cfg.defect_kinds):
+                    for t in cfg.defect_temperatures_k:
+                        add(protocol="defect", seed_index=s, seed_kind=kind, size=size, defect=defect,
+                            temperature_K=float(t), n_frames=cfg.defect_frames)
+        if "cluster" in applies and (cfg.cluster_frames or cfg.cluster_relax_steps):
+            for n in cfg.cluster_sizes:
+                for t in cfg.cluster_temperatures_k:
+                    add(protocol="cluster", seed_index=s, seed_kind=kind, cluster_size=int(n),
+                        temperature_K=float(t), n_frames=cfg.cluster_frames)
+        if "hot" in applies and cfg.hot_frames:
+            tm, source = (cfg.melting_point_k, "configured") if cfg.melting_point_k else \
+                estimated_melting_point(seeds[s])
+            for size in sizes("hot"):
+                for f in cfg.hot_temperature_factors:
+                    add(protocol="hot", seed_index=s, seed_kind=kind, size=size, temperature_K=round(f * tm, 1),
+                        melting_point_K=round(float(tm), 1), melting_point_source=source, n_frames=cfg.hot_frames)
+        if "volume" in applies and cfg.volume_frames:
+            for size in sizes("volume"):
+                for scale in cfg.volume_scales:
+                    add(protocol="volume", seed_index=s, seed_kind=kind, size=size, volume_scale=float(scale),
+                        n_frames=cfg.volume_frames)
     return tasks
 
 
@@ -163,6 +263,7 @@ def _label(atoms: Atoms, calc, task: dict, teacher_name: str, frame_index: int) 
         frame_index=frame_index, temperature_K=float(task.get("temperature_K", 0.0)),
         pressure_GPa=float(task.get("pressure_GPa", 0.0)),
     )
+    a.info.update({k: task[k] for k in PROVENANCE if k in task})
     return a
 
 
@@ -184,10 +285,18 @@ def _init_velocities(atoms, temperature_k, rng):
         ZeroRotation(atoms)
 
 
-def _run_md(atoms, calc, task, cfg, teacher_name, rng, npt=False):
+def _run_md(atoms, calc, task, cfg, teacher_name, rng, npt=False, timestep_fs=None, melt_k=None, melt_steps=0,
+            first_index=0):
     atoms.calc = calc
-    _init_velocities(atoms, task["temperature_K"], rng)
-    dt = cfg.timestep_fs * units.fs
+    dt = (timestep_fs or cfg.timestep_fs) * units.fs
+    if melt_k and melt_steps:
+        # melt first: a small crystal superheats far above its melting point in short runs
+        from ase.md.bussi import Bussi
+
+        _init_velocities(atoms, melt_k, rng)
+        Bussi(atoms, timestep=dt, temperature_K=melt_k, taut=cfg.taut_fs * units.fs, rng=rng).run(melt_steps)
+    else:
+        _init_velocities(atoms, task["temperature_K"], rng)
     if npt:
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
@@ -208,8 +317,73 @@ def _run_md(atoms, calc, task, cfg, teacher_name, rng, npt=False):
     frames = []
     for k in range(task["n_frames"]):
         dyn.run(cfg.nvt_interval_steps)
-        frames.append(_label(atoms, calc, task, teacher_name, k))
+        frames.append(_label(atoms, calc, task, teacher_name, first_index + k))
     return frames
+
+
+def _rattle_relax(base, calc, task, cfg, name, rng, n_starts):
+    """Rattle with sigma log-uniform in [0.01, 0.1] Å, then a few FIRE steps; every step is a frame."""
+    from ase.optimize import FIRE
+
+    frames, k = [], 0
+    for _ in range(n_starts):
+        a = base.copy()
+        sigma = float(np.exp(rng.uniform(np.log(0.01), np.log(0.1))))
+        a.positions += rng.normal(scale=sigma, size=a.positions.shape)
+        a.calc = calc
+        frames.append(_label(a, calc, task, name, k))
+        k += 1
+        opt = FIRE(a, logfile=None)
+        for _ in range(cfg.rattle_relax_steps):
+            opt.run(fmax=1e-6, steps=1)
+            frames.append(_label(a, calc, task, name, k))
+            k += 1
+    return frames
+
+
+def _relax_then_md(a, calc, task, cfg, name, rng, relax_steps):
+    """A few FIRE steps from the unrelaxed defect or cluster (each a frame), then NVT."""
+    from ase.optimize import FIRE
+
+    a.calc = calc
+    frames = [_label(a, calc, task, name, 0)]
+    opt = FIRE(a, logfile=None)
+    for _ in range(relax_steps):
+        opt.run(fmax=1e-6, steps=1)
+        frames.append(_label(a, calc, task, name, len(frames)))
+    if task["n_frames"]:
+        frames += _run_md(a, calc, task, cfg, name, rng, first_index=len(frames))
+    return frames
+
+
+def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> Atoms:
+    """The starting structure of a coverage task."""
+    from .coverage import liquid_interface, make_cluster, make_defect, make_slab, seed_supercell
+
+    proto = task["protocol"]
+    if proto == "surface":
+        if task["seed_kind"] == "bulk":
+            return make_slab(seed, task["miller"], task["size"], cfg.surface_min_thickness, cfg.vacuum)
+        if task["seed_kind"] == "molecular":
+            return liquid_interface(seed, task["size"], cfg.vacuum)
+        return seed_supercell(seed, task["size"])
+    if proto == "defect":
+        return make_defect(supercell(seed, task["size"], at_least=False), task["defect"], rng)
+    if proto == "cluster":
+        return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular", rng=rng)
+    if proto == "volume":
+        base = supercell(seed, task["size"], at_least=False)
+        if task["seed_kind"] == "molecular":  # move whole molecules, keep their shape
+            from .coverage import whole_molecules
+
+            whole, mol = whole_molecules(base)
+            centres = np.array([whole.positions[mol == m].mean(axis=0) for m in range(mol.max() + 1)])
+            whole.set_cell(whole.cell.array * task["volume_scale"], scale_atoms=False)
+            whole.positions += (task["volume_scale"] - 1.0) * centres[mol]
+            return whole
+        base.set_cell(base.cell.array * task["volume_scale"], scale_atoms=True)
+        return base
+    return seed_supercell(seed, task["size"])  # hot (a molecule as it is)
 
 
 def _random_strain(rng, max_strain):
@@ -220,7 +394,9 @@ def _random_strain(rng, max_strain):
 def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> List[Atoms]:
     """All frames of one task (before rejection)."""
     rng = np.random.default_rng(task["rng_seed"])
-    base = supercell(seeds[task["seed_index"]], task["size"], at_least=False)
+    from .coverage import seed_supercell
+
+    base = seed_supercell(seeds[task["seed_index"]], task["size"]) if "size" in task else None
     calc = teacher.calculator()
     if hasattr(calc, "reset"):
         # a task must not depend on the tasks run before it in this process (a calculator's
@@ -241,21 +417,26 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
             frames.append(_label(a, calc, task, name, k))
         return frames
     if proto == "rattle_relax":
-        from ase.optimize import FIRE
-
-        frames, k = [], 0
-        for _ in range(task["n_starts"]):
-            a = base.copy()
-            sigma = float(np.exp(rng.uniform(np.log(0.01), np.log(0.1))))
-            a.positions += rng.normal(scale=sigma, size=a.positions.shape)
-            a.calc = calc
-            frames.append(_label(a, calc, task, name, k))
-            k += 1
-            opt = FIRE(a, logfile=None)
-            for _ in range(cfg.rattle_relax_steps):
-                opt.run(fmax=1e-6, steps=1)
-                frames.append(_label(a, calc, task, name, k))
-                k += 1
+        return _rattle_relax(base, calc, task, cfg, name, rng, task["n_starts"])
+    if proto in COVERAGE:
+        a = _coverage_structure(task, seeds[task["seed_index"]], cfg, rng)
+        if proto == "surface" and task["mode"] == "rattle_relax":
+            return _rattle_relax(a, calc, task, cfg, name, rng, task["n_starts"])
+        if proto in ("surface", "hot"):
+            hot = proto == "hot"
+            tm = task.get("melting_point_K", 0.0)
+            return _run_md(a, calc, task, cfg, name, rng, timestep_fs=cfg.hot_timestep_fs if hot else None,
+                           melt_k=2.0 * tm if hot and task["temperature_K"] > tm else None,
+                           melt_steps=cfg.hot_melt_steps)
+        if proto == "defect":
+            return _relax_then_md(a, calc, task, cfg, name, rng, cfg.defect_relax_steps)
+        if proto == "cluster":
+            return _relax_then_md(a, calc, task, cfg, name, rng, cfg.cluster_relax_steps)
+        frames = []  # volume
+        for k in range(task["n_frames"]):
+            b = a.copy()
+            b.positions += rng.normal(scale=cfg.strain_rattle, size=b.positions.shape)
+            frames.append(_label(b, calc, task, name, k))
         return frames
     if proto == "relax":
         from ase.filters import FrechetCellFilter
@@ -294,7 +475,13 @@ def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -
     with lock:
         frames = run_task(task, seeds, cfg, teacher)
     kept = [f for f in frames if accept_frame(f, cfg)]
-    return {"id": task["id"], "frames": kept, "rejected": len(frames) - len(kept),
+    rejected = len(frames) - len(kept)
+    if cfg.keep_fraction < 1.0 and len(kept) > 1:
+        from .selection import select_diverse
+
+        chosen = select_diverse(kept, max(1, round(cfg.keep_fraction * len(kept))))
+        kept = [kept[k] for k in sorted(chosen)]  # trajectory order
+    return {"id": task["id"], "frames": kept, "rejected": rejected, "deselected": len(frames) - rejected - len(kept),
             "seconds": round(time.perf_counter() - t0, 2), "worker": f"{os.uname().nodename}:{os.getpid()}",
             "teacher_loads": teacher_loads()}
 
@@ -343,11 +530,11 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     seeds = load_seeds(cfg.seeds)
     check_teacher_covers(teacher, seeds)
-    tasks = plan_tasks(cfg, len(seeds))
+    tasks = plan_tasks(cfg, seeds)
     if not tasks:
         raise ValueError("The generate configuration produces no task: enable at least one protocol.")
     manifest_path = out / "manifest.json"
-    cfg_dict = dataclasses.asdict(cfg)
+    cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the manifest stores it (tuples as lists)
     teacher_desc = {k: v for k, v in teacher.describe().items() if k != "species"}
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -376,6 +563,7 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         _write_chunk(path, result["frames"])
         manifest["tasks"][task["id"]] = {
             "file": f"chunks/{path.name}", "frames": len(result["frames"]), "rejected": result["rejected"],
+            "deselected": result.get("deselected", 0),
             "seconds": result["seconds"], **{k: v for k, v in task.items() if k != "id"},
         }
         _atomic_write_json(manifest_path, manifest)
@@ -419,3 +607,30 @@ def read_frames(out_dir) -> List[Atoms]:
         if info["frames"]:
             frames.extend(read(out / info["file"], index=":"))
     return frames
+
+
+def domain_summary(manifest: dict) -> dict:
+    """What a data folder covers, from its manifest: per protocol group the frame count,
+    temperature and pressure ranges, facets, defects, cluster sizes, volume scales and
+    atom counts (the package card shows it to people and programs)."""
+    cfg = manifest.get("config", {})
+    groups: Dict[str, dict] = {}
+    for task in manifest.get("tasks", {}).values():
+        g = groups.setdefault(PROTOCOL_GROUPS.get(task["protocol"], task["protocol"]),
+                              {"frames": 0, "protocols": set(), "temperatures_k": set(), "pressures_gpa": set(),
+                               "facets": set(), "defects": set(), "cluster_sizes": set(), "volume_scales": set(),
+                               "sizes": set()})
+        g["frames"] += task.get("frames", 0)
+        g["protocols"].add(task["protocol"])
+        for key, field_name in (("temperature_K", "temperatures_k"), ("pressure_GPa", "pressures_gpa"),
+                                ("facet", "facets"), ("defect", "defects"), ("cluster_size", "cluster_sizes"),
+                                ("volume_scale", "volume_scales"), ("size", "sizes")):
+            if key in task:
+                g[field_name].add(task[key])
+    out = {}
+    for name, g in sorted(groups.items()):
+        out[name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in g.items() if v or k == "frames"}
+    if "bulk" in out and cfg.get("strain_frames"):
+        out["bulk"]["strain_max"] = cfg.get("strain_max")
+    return out
+

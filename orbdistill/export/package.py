@@ -93,6 +93,32 @@ def write_domain(package, domain, info: Optional[dict] = None) -> None:
     atomic_write_text(out / "README.md", card_markdown(card))
 
 
+def _coverage_text(c: dict) -> str:
+    """One line of what a protocol group covers (temperatures, pressures, facets, ...)."""
+    parts = []
+
+    def span(values, unit):
+        return f"{min(values):g}-{max(values):g} {unit}" if len(values) > 1 else f"{values[0]:g} {unit}"
+
+    if c.get("temperatures_k"):
+        parts.append(span(c["temperatures_k"], "K"))
+    if any(c.get("pressures_gpa", [])):
+        parts.append(span(c["pressures_gpa"], "GPa"))
+    if c.get("strain_max"):
+        parts.append(f"strains up to {100 * c['strain_max']:g} %")
+    if c.get("facets"):
+        parts.append("facets " + ", ".join(c["facets"]))
+    if c.get("defects"):
+        parts.append(", ".join(c["defects"]))
+    if c.get("cluster_sizes"):
+        parts.append("clusters of " + ", ".join(str(n) for n in c["cluster_sizes"]) + " atoms")
+    if c.get("volume_scales"):
+        parts.append("cells scaled by " + ", ".join(f"{x:g}" for x in c["volume_scales"]))
+    if c.get("sizes"):
+        parts.append("cells of ~" + ", ".join(str(n) for n in c["sizes"]) + " atoms")
+    return "; ".join(parts) or "-"
+
+
 def card_markdown(card: dict) -> str:
     m = card.get("metrics", {})
     t = card.get("teacher", {})
@@ -125,6 +151,21 @@ def card_markdown(card: dict) -> str:
                      f"{d.get('n_test')} test); protocols {', '.join(d.get('protocols', []))} |")
     if card.get("timing"):
         lines.append("| wall time | " + ", ".join(f"{k} {v:.0f} s" for k, v in card["timing"].items()) + " |")
+    by_group = m.get("by_group") or {}
+    if by_group:
+        lines += ["", "## Held-out errors by kind of structure", "",
+                  "| structures | frames | energy MAE (meV/atom) | force MAE (meV/Å) | stress MAE (GPa) |",
+                  "|---|---|---|---|---|"]
+        for g, gm in by_group.items():
+            stress = f"{gm['stress_mae_gpa']:.3f}" if "stress_mae_gpa" in gm else "-"
+            lines.append(f"| {g} | {gm.get('n_frames', '?')} | {gm['energy_mae_mev_atom']:.2f} | "
+                         f"{gm['force_mae_mev_a']:.1f} | {stress} |")
+    coverage = card.get("coverage")
+    if coverage:
+        lines += ["", "## Domain covered by the training data", "",
+                  "| structures | frames | conditions |", "|---|---|---|"]
+        for g, c in coverage.items():
+            lines.append(f"| {g} | {c.get('frames', 0)} | {_coverage_text(c)} |")
     lines += [
         "",
         "## Use",

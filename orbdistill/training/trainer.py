@@ -149,6 +149,17 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
+def evaluate_by_group(model: StudentModel, samples: Sequence[Sample], **kwargs) -> Dict[str, dict]:
+    """:func:`evaluate` on each protocol group (bulk, surface, defect, cluster, hot, volume;
+    see :data:`orbdistill.data.generate.PROTOCOL_GROUPS`) present in ``samples``."""
+    from orbdistill.data.generate import PROTOCOL_GROUPS
+
+    groups: Dict[str, list] = {}
+    for s in samples:
+        groups.setdefault(PROTOCOL_GROUPS.get(s.protocol, s.protocol), []).append(s)
+    return {g: evaluate(model, ss, **kwargs) for g, ss in sorted(groups.items())}
+
+
 def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 16, dtype="float32", device="cpu",
              return_predictions: bool = False) -> dict:
     """Errors of ``model`` on ``samples``: MAE and RMSE of energy per atom (meV/atom),

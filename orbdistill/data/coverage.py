@@ -1,0 +1,383 @@
+"""Structures beyond the bulk crystal, built from a seed: slabs, point defects, clusters,
+and what a seed is (which of them apply).
+
+A student only knows the configurations its teacher labelled. Users leave the bulk crystal
+as soon as they simulate a surface, a vacancy or a nanoparticle, and a bulk-trained student
+is then wrong by eV/atom (see docs/domain.md). :mod:`orbdistill.data.generate` runs MD and
+relaxations on the structures made here, so the data reach where users go.
+
+Seed kinds (:func:`seed_kind`):
+
+* ``"bulk"``: periodic in 3D, no vacuum gap, atoms bonded across the cell (metals, oxides,
+  alloys): surfaces, point defects and clusters apply;
+* ``"molecular"``: periodic in 3D, made of separate molecules (a liquid or a molecular
+  crystal): clusters are whole molecules, and a liquid-vapour interface replaces the slab;
+* ``"slab"``: periodic in 2D (non-periodic axis or a vacuum gap): MD of the slab as given;
+* ``"molecule"``: not periodic: MD of the molecule as given (conformers at high temperature).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from ase import Atoms
+
+SEED_KINDS = ("bulk", "molecular", "slab", "molecule")
+
+
+# --------------------------------------------------------------------------------------
+# what a seed is
+# --------------------------------------------------------------------------------------
+
+
+def _bond_components(atoms: Atoms, scale: float = 1.2) -> np.ndarray:
+    """Connected components of the covalent-radius bond graph (``scale`` x sum of radii)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=scale))
+    n = len(atoms)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def vacuum_axis(atoms: Atoms, min_gap: float = 5.0) -> Optional[int]:
+    """The periodic cell axis along which the atoms leave an empty gap of at least
+    ``min_gap`` Å (a slab in a 3D-periodic cell), or None."""
+    if len(atoms) == 0:
+        return None
+    frac = atoms.get_scaled_positions(wrap=True)
+    for axis in range(3):
+        if not atoms.pbc[axis]:
+            continue
+        # height of the cell along this axis: volume / area of the other two vectors
+        a, b = (atoms.cell[k] for k in range(3) if k != axis)
+        height = abs(np.linalg.det(atoms.cell.array)) / np.linalg.norm(np.cross(a, b))
+        s = np.sort(frac[:, axis])
+        gaps = np.diff(np.concatenate([s, [s[0] + 1.0]]))
+        if gaps.max() * height >= min_gap:
+            return axis
+    return None
+
+
+def seed_kind(atoms: Atoms) -> str:
+    """``"bulk"``, ``"molecular"``, ``"slab"`` or ``"molecule"`` (see the module docstring).
+
+    >>> from ase.build import bulk, fcc111, molecule
+    >>> seed_kind(bulk("Cu", "fcc", a=3.61)), seed_kind(molecule("H2O"))
+    ('bulk', 'molecule')
+    >>> seed_kind(fcc111("Cu", (2, 2, 4), vacuum=6.0))
+    'slab'
+    """
+    if not atoms.pbc.any() or atoms.cell.rank < 3:
+        return "molecule"
+    if not atoms.pbc.all() or vacuum_axis(atoms) is not None:
+        return "slab"
+    # many small bonded units that do not span the cell: molecules
+    comp = _bond_components(atoms)
+    sizes = np.bincount(comp)
+    if len(sizes) > 1 and sizes.max() <= 30 and _molecules_are_finite(atoms, comp):
+        return "molecular"
+    return "bulk"
+
+
+def _molecules_are_finite(atoms: Atoms, comp: np.ndarray) -> bool:
+    """True if no bonded unit connects to its own periodic image (a finite molecule)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j, shift = neighbor_list("ijS", atoms, natural_cutoffs(atoms, mult=1.2))
+    # a unit is infinite when a path returns to an atom with a lattice shift: check by
+    # unwrapping each unit with a breadth-first search and looking for inconsistent shifts
+    n = len(atoms)
+    image = np.full((n, 3), np.iinfo(np.int64).min, dtype=np.int64)
+    order = np.argsort(i, kind="stable")
+    i, j, shift = i[order], j[order], shift[order]
+    starts = np.searchsorted(i, np.arange(n + 1))
+    for root in range(n):
+        if image[root, 0] != np.iinfo(np.int64).min:
+            continue
+        image[root] = 0
+        stack = [root]
+        while stack:
+            a = stack.pop()
+            for k in range(starts[a], starts[a + 1]):
+                b, s = j[k], image[a] + shift[k]
+                if image[b, 0] == np.iinfo(np.int64).min:
+                    image[b] = s
+                    stack.append(b)
+                elif not np.array_equal(image[b], s):
+                    return False
+    return True
+
+
+def whole_molecules(atoms: Atoms) -> Tuple[Atoms, np.ndarray]:
+    """A copy of a molecular cell with each molecule unwrapped (whole, no bond crossing the
+    cell boundary) and the molecule index of every atom."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    out = atoms.copy()
+    i, j, d = neighbor_list("ijD", atoms, natural_cutoffs(atoms, mult=1.2))
+    n = len(atoms)
+    pos = atoms.positions.copy()
+    mol = np.full(n, -1)
+    order = np.argsort(i, kind="stable")
+    i, j, d = i[order], j[order], d[order]
+    starts = np.searchsorted(i, np.arange(n + 1))
+    m = 0
+    for root in range(n):
+        if mol[root] >= 0:
+            continue
+        mol[root] = m
+        stack = [root]
+        while stack:
+            a = stack.pop()
+            for k in range(starts[a], starts[a + 1]):
+                b = j[k]
+                if mol[b] < 0:
+                    mol[b] = m
+                    pos[b] = pos[a] + d[k]
+                    stack.append(b)
+        m += 1
+    out.positions = pos
+    return out, mol
+
+
+def seed_supercell(seed: Atoms, n_target: int) -> Atoms:
+    """The supercell of a seed closest to ``n_target`` atoms, never repeated across a vacuum
+    gap (a slab in a 3D-periodic cell is repeated in-plane only)."""
+    from orbdistill.structures import supercell
+
+    axis = vacuum_axis(seed) if seed.pbc.all() else None
+    if axis is None:
+        return supercell(seed, n_target, at_least=False)
+    pbc = seed.pbc.copy()
+    probe = seed.copy()
+    probe.pbc[axis] = False
+    out = supercell(probe, n_target, at_least=False)
+    out.pbc = pbc
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# melting point
+# --------------------------------------------------------------------------------------
+
+
+def estimated_melting_point(atoms: Atoms) -> Tuple[float, str]:
+    """A rough melting point (K) of a seed and where it comes from.
+
+    One element: its melting point (pymatgen's element data). Compounds: the highest
+    melting point of their elements, which can be far off (MgO melts at 3098 K, Mg at
+    923 K); give ``melting_point_k`` in the generate section for compounds. Never below
+    300 K, so that a molecular seed's "hot" frames are still above room temperature.
+    """
+    from pymatgen.core import Element
+
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+    values = []
+    for s in symbols:
+        mp = Element(s).melting_point
+        if mp is not None:
+            values.append(float(mp))
+    if not values:
+        return 1000.0, "no element data; 1000 K assumed"
+    tm = max(values)
+    source = f"melting point of {symbols[0]}" if len(symbols) == 1 else \
+        f"highest elemental melting point of {'-'.join(symbols)} (a guess for a compound)"
+    return max(tm, 300.0), source
+
+
+# --------------------------------------------------------------------------------------
+# slabs
+# --------------------------------------------------------------------------------------
+
+
+def conventional_cell(atoms: Atoms) -> Atoms:
+    """The conventional standard cell of a crystal (Miller indices refer to it)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        conv = SpacegroupAnalyzer(structure, symprec=1e-3).get_conventional_standard_structure()
+        return AseAtomsAdaptor.get_atoms(conv)
+    except Exception:  # symmetry search failed (a disordered cell): use the cell as given
+        return atoms.copy()
+
+
+def facet_label(miller: Sequence[int]) -> str:
+    """``(1,1,1)``-style name of a facet (kept as text in extxyz files)."""
+    return "(" + ",".join(str(int(x)) for x in miller) + ")"
+
+
+def make_slab(seed: Atoms, miller: Sequence[int], target_atoms: int, min_thickness: float = 10.0,
+              vacuum: float = 12.0) -> Atoms:
+    """A slab of ``seed`` with the ``miller`` facet on both sides, at least ``min_thickness``
+    Å thick, repeated in-plane to about ``target_atoms`` atoms, in a 3D-periodic cell with
+    ``vacuum`` Å of empty space between the slab and its periodic image (>= every model's
+    cutoff, so the two surfaces never see each other).
+
+    >>> from ase.build import bulk
+    >>> s = make_slab(bulk("Cu", "fcc", a=3.61, cubic=True), (1, 1, 1), 48)
+    >>> bool(s.pbc.all()), len(s) >= 24
+    (True, True)
+    """
+    from ase.build import surface
+
+    miller = tuple(int(x) for x in miller)
+    if len(miller) != 3 or not any(miller):
+        raise ValueError(f"Miller index {miller} is not a facet: give three integers, not all zero.")
+    conv = conventional_cell(seed)
+    # thickness added by one more repeat of the surface cell along the normal
+    one, two = (surface(conv, miller, k, vacuum=None) for k in (1, 2))
+    spacing = two.positions[:, 2].max() - one.positions[:, 2].max()
+    layers = max(2, math.ceil(min_thickness / max(spacing, 1e-3)))
+    slab = surface(conv, miller, layers, vacuum=vacuum / 2.0, periodic=True)
+    n = max(1.0, math.sqrt(target_atoms / len(slab)))
+    # keep in-plane vectors comparable: repeat the shorter one more when they differ
+    la, lb = np.linalg.norm(slab.cell[0]), np.linalg.norm(slab.cell[1])
+    na = max(1, round(n * math.sqrt(lb / la)))
+    nb = max(1, round(target_atoms / (len(slab) * na)))
+    slab = slab.repeat((na, nb, 1))
+    slab.pbc = True
+    slab.wrap()
+    slab.info["facet"] = facet_label(miller)
+    return slab
+
+
+def liquid_interface(seed: Atoms, target_atoms: int, vacuum: float = 12.0) -> Atoms:
+    """A molecular cell opened along its longest axis into a liquid-vapour interface:
+    molecules stay whole, ``vacuum`` Å of empty space is added between periodic images."""
+    from orbdistill.structures import supercell
+
+    cell = supercell(seed, target_atoms, at_least=False)
+    whole, _ = whole_molecules(cell)
+    axis = int(np.argmax(whole.cell.lengths()))
+    frac = whole.get_scaled_positions(wrap=False)
+    cellv = whole.cell.array.copy()
+    length = np.linalg.norm(cellv[axis])
+    extent = (frac[:, axis].max() - frac[:, axis].min()) * length
+    cellv[axis] *= (extent + vacuum) / length
+    out = whole.copy()
+    out.set_cell(cellv, scale_atoms=False)
+    out.positions -= (frac[:, axis].min() * whole.cell[axis])[None, :]
+    out.pbc = True
+    out.info["facet"] = "liquid-vapour"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# point defects
+# --------------------------------------------------------------------------------------
+
+
+def defect_kinds_for(atoms: Atoms, wanted: Sequence[str]) -> List[str]:
+    """The defects that apply to a bulk cell: ``vacancy:X`` and ``interstitial:X`` for each
+    element X, ``antisite:X-Y`` for each pair of elements (multi-element cells only)."""
+    elements = sorted(set(atoms.get_chemical_symbols()))
+    out = []
+    if "vacancy" in wanted:
+        out += [f"vacancy:{e}" for e in elements]
+    if "interstitial" in wanted:
+        out += [f"interstitial:{e}" for e in elements]
+    if "antisite" in wanted and len(elements) > 1:
+        out += [f"antisite:{a}-{b}" for k, a in enumerate(elements) for b in elements[k + 1:]]
+    return out
+
+
+def largest_void(atoms: Atoms, rng: np.random.Generator, n_trials: int = 4000) -> np.ndarray:
+    """The Cartesian position, among random trial points, farthest from every atom (with
+    periodic images): where an interstitial fits best."""
+    from ase.geometry import get_distances
+
+    trial = rng.random((n_trials, 3)) @ atoms.cell.array
+    best, best_d = None, -1.0
+    for k in range(0, n_trials, 500):  # chunks keep the distance matrix small
+        _, dist = get_distances(trial[k:k + 500], atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        dmin = dist.min(axis=1)
+        j = int(np.argmax(dmin))
+        if dmin[j] > best_d:
+            best_d, best = float(dmin[j]), trial[k + j]
+    return best
+
+
+def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
+    """A copy of ``cell`` with one point defect: ``vacancy:X`` (an X atom removed),
+    ``interstitial:X`` (an X atom in the largest void), ``antisite:X-Y`` (an X and a Y
+    swapped)."""
+    what, _, spec = kind.partition(":")
+    a = cell.copy()
+    symbols = np.array(a.get_chemical_symbols())
+    if what == "vacancy":
+        idx = np.flatnonzero(symbols == spec)
+        if len(idx) < 2:
+            raise ValueError(f"Cannot make {kind}: the cell has {len(idx)} {spec} atom(s).")
+        del a[int(rng.choice(idx))]
+    elif what == "interstitial":
+        a.append(spec)
+        a.positions[-1] = largest_void(cell, rng)
+    elif what == "antisite":
+        x, _, y = spec.partition("-")
+        ix, iy = np.flatnonzero(symbols == x), np.flatnonzero(symbols == y)
+        if not len(ix) or not len(iy):
+            raise ValueError(f"Cannot make {kind}: the cell lacks {x} or {y}.")
+        i, j = int(rng.choice(ix)), int(rng.choice(iy))
+        numbers = a.numbers.copy()
+        numbers[i], numbers[j] = numbers[j], numbers[i]
+        a.numbers = numbers
+    else:
+        raise ValueError(f"Unknown defect {kind!r}; use vacancy:X, interstitial:X or antisite:X-Y.")
+    a.info["defect"] = kind
+    return a
+
+
+# --------------------------------------------------------------------------------------
+# clusters
+# --------------------------------------------------------------------------------------
+
+
+def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: bool = False,
+                 rng: Optional[np.random.Generator] = None) -> Atoms:
+    """A non-periodic cluster of about ``n_atoms`` atoms cut from the bulk around an atom
+    (the ``n_atoms`` atoms nearest to it; for molecular seeds, the whole molecules nearest
+    to it), in a box with ``vacuum`` Å around it.
+
+    >>> from ase.build import bulk
+    >>> c = make_cluster(bulk("Cu", "fcc", a=3.61, cubic=True), 13)
+    >>> len(c), bool(c.pbc.any())
+    (13, False)
+    """
+    from orbdistill.structures import supercell
+
+    rng = rng or np.random.default_rng(0)
+    big = supercell(seed, max(8 * n_atoms, 64), at_least=True)
+    mol = None
+    if molecular:
+        big, mol = whole_molecules(big)
+    centre_cell = big.cell.array.sum(axis=0) / 2.0
+    pos = big.positions
+    centre_atom = int(np.argmin(np.linalg.norm(pos - centre_cell, axis=1)))
+    centre = pos[centre_atom]
+    if mol is None:
+        d = np.linalg.norm(pos - centre, axis=1)
+        keep = np.argsort(d, kind="stable")[:n_atoms]
+    else:
+        centres = np.array([pos[mol == m].mean(axis=0) for m in range(mol.max() + 1)])
+        order = np.argsort(np.linalg.norm(centres - centre, axis=1), kind="stable")
+        keep, count = [], 0
+        for m in order:
+            members = np.flatnonzero(mol == m)
+            keep.extend(members.tolist())
+            count += len(members)
+            if count >= n_atoms:
+                break
+        keep = np.array(keep)
+    cluster = big[np.sort(keep)]
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    cluster.center(vacuum=vacuum / 2.0)
+    cluster.info["cluster_size"] = len(cluster)
+    return cluster

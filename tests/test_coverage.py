@@ -1,0 +1,219 @@
+"""Coverage protocols: what a seed is, slabs, defects, clusters, volume scans, and the
+farthest-point selection of frames."""
+
+import doctest
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+
+from orbdistill.data import coverage, selection
+from orbdistill.data.coverage import (liquid_interface, make_cluster, make_defect, make_slab, seed_kind,
+                                      seed_supercell, vacuum_axis, whole_molecules)
+from orbdistill.data.generate import GenerateConfig, generate, plan_tasks, read_frames
+from orbdistill.graph import min_pair_distance
+from orbdistill.structures import supercell
+from orbdistill.teachers import load_teacher
+
+CU = bulk("Cu", "fcc", a=3.61, cubic=True)
+
+
+def water_box(n_side=2, spacing=3.1, shift=1.2, seed=0):
+    """Water molecules on a grid, shifted so that some cross the cell boundary."""
+    rng = np.random.default_rng(seed)
+    box = Atoms(cell=[n_side * spacing] * 3, pbc=True)
+    for i in range(n_side):
+        for j in range(n_side):
+            for k in range(n_side):
+                m = molecule("H2O")
+                m.rotate(rng.uniform(0, 360), "z")
+                m.rotate(rng.uniform(0, 360), "x")
+                m.translate(np.array([i, j, k]) * spacing + 1.0)
+                box += m
+    box.positions[:, 0] -= shift
+    box.wrap()
+    return box
+
+
+def test_module_examples_run():
+    for module in (coverage, selection):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("atoms, kind", [
+    (bulk("Cu", "fcc", a=3.61), "bulk"),
+    (bulk("MgO", "rocksalt", a=4.21), "bulk"),
+    (bulk("Si", "diamond", a=5.43), "bulk"),
+    (water_box(), "molecular"),
+    (fcc111("Cu", (2, 2, 4), vacuum=6.0), "slab"),
+    (fcc111("Cu", (2, 2, 4), vacuum=6.0, periodic=True), "slab"),
+    (molecule("CH3CH2OH"), "molecule"),
+])
+def test_seed_kind(atoms, kind):
+    assert seed_kind(atoms) == kind
+
+
+def _coordination(atoms, cutoff):
+    from orbdistill.graph import neighbour_list
+
+    i, _, _, _ = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return np.bincount(i, minlength=len(atoms))
+
+
+@pytest.mark.parametrize("miller, top_cn", [((1, 0, 0), 8), ((1, 1, 0), 7), ((1, 1, 1), 9)])
+def test_slabs_have_the_facet_on_both_sides_and_a_vacuum_gap(miller, top_cn):
+    slab = make_slab(CU, miller, 48, min_thickness=10.0, vacuum=12.0)
+    assert slab.pbc.all() and slab.info["facet"] == "(" + ",".join(map(str, miller)) + ")"
+    z = slab.positions[:, 2]
+    assert np.ptp(z) >= 10.0 - 2.6  # at least the requested thickness, to within one layer
+    assert slab.cell[2, 2] - np.ptp(z) == pytest.approx(12.0, abs=1e-6)  # the gap between images
+    assert vacuum_axis(slab) == 2
+    cn = _coordination(slab, 3.61 / np.sqrt(2) + 0.3)  # first shell of fcc Cu: 12 in the bulk
+    top, bottom = z > z.max() - 0.3, z < z.min() + 0.3
+    assert set(cn[top]) == {top_cn} and set(cn[bottom]) == {top_cn}  # the textbook coordination of the facet
+    assert cn.max() == 12  # the middle is bulk
+    assert 30 <= len(slab) <= 80
+
+
+def test_oxide_slab_keeps_its_stoichiometry():
+    slab = make_slab(bulk("MgO", "rocksalt", a=4.21), (1, 0, 0), 64)
+    symbols = slab.get_chemical_symbols()
+    assert symbols.count("Mg") == symbols.count("O")
+
+
+def test_point_defects():
+    rng = np.random.default_rng(0)
+    cell = supercell(CU, 32)
+    vac = make_defect(cell, "vacancy:Cu", rng)
+    assert len(vac) == 31 and vac.info["defect"] == "vacancy:Cu"
+    inter = make_defect(cell, "interstitial:Cu", rng)
+    assert len(inter) == 33
+    # the largest void of fcc is the octahedral site, a/2 from its six neighbours
+    d = np.linalg.norm(inter.get_distances(32, range(32), mic=True)[None, :], axis=0)
+    assert np.sort(d)[:6] == pytest.approx([3.61 / 2] * 6, abs=0.12)
+    nial = supercell(bulk("NiAl", "cesiumchloride", a=2.88), 54)
+    anti = make_defect(nial, "antisite:Al-Ni", rng)
+    assert anti.get_chemical_formula() == nial.get_chemical_formula()
+    assert (anti.numbers != nial.numbers).sum() == 2
+    assert coverage.defect_kinds_for(nial, ["vacancy", "antisite"]) == ["vacancy:Al", "vacancy:Ni", "antisite:Al-Ni"]
+    assert coverage.defect_kinds_for(cell, ["antisite"]) == []  # one element: no antisite
+    with pytest.raises(ValueError, match="Unknown defect"):
+        make_defect(cell, "dislocation:Cu", rng)
+
+
+@pytest.mark.parametrize("n", [13, 38, 55])
+def test_clusters_are_compact_and_not_periodic(n):
+    c = make_cluster(CU, n, vacuum=12.0)
+    assert len(c) == n and not c.pbc.any()
+    r = np.linalg.norm(c.positions - c.positions.mean(axis=0), axis=1)
+    # compact: the farthest atom is within 1.6x the radius of a sphere of n atoms at bulk density
+    r_sphere = (3 * n * (3.61 ** 3 / 4) / (4 * np.pi)) ** (1 / 3)
+    assert r.max() < 1.6 * r_sphere
+    assert min_pair_distance(c, 3.0) == pytest.approx(3.61 / np.sqrt(2))
+    # vacuum on every side
+    assert (c.cell.lengths() - np.ptp(c.positions, axis=0) >= 12.0 - 1e-6).all()
+
+
+def test_molecular_seeds_keep_molecules_whole():
+    box = water_box()
+    whole, mol = whole_molecules(box)
+    assert mol.max() + 1 == 8
+    for m in range(8):
+        pos = whole.positions[mol == m]
+        assert np.linalg.norm(pos - pos[0], axis=1).max() < 1.6  # O-H and H-H within a molecule
+    cluster = make_cluster(box, 20, molecular=True)
+    assert cluster.get_chemical_formula() == "H14O7"  # whole molecules only
+    interface = liquid_interface(box, 48, vacuum=12.0)
+    assert seed_kind(interface) == "slab" and len(interface) == 48
+    # plan: no defects for molecules, a liquid-vapour interface instead of facets
+    cfg = GenerateConfig(seeds=["x"], nvt_frames=1, nvt_temperatures_k=[300.0])
+    tasks = plan_tasks(cfg, [box])
+    protocols = {t["protocol"] for t in tasks}
+    assert "defect" not in protocols and {"surface", "cluster", "hot", "volume"} <= protocols
+    assert {t["facet"] for t in tasks if t["protocol"] == "surface"} == {"liquid-vapour"}
+
+
+def test_protocols_apply_where_they_make_sense():
+    cfg = GenerateConfig(seeds=["x"], nvt_frames=1, nvt_temperatures_k=[300.0])
+    slab = fcc111("Cu", (2, 2, 4), vacuum=6.0, periodic=True)
+    tasks = plan_tasks(cfg, [slab])
+    assert {t["protocol"] for t in tasks} == {"nvt", "surface"}
+    # a slab seed is repeated in-plane only
+    big = seed_supercell(slab, 64)
+    assert len(big) == 64 and big.cell[2, 2] == pytest.approx(slab.cell[2, 2])
+    assert {t["protocol"] for t in plan_tasks(cfg, [molecule("CH3CH2OH")])} == {"nvt", "hot"}
+    off = GenerateConfig(seeds=["x"], nvt_frames=1, nvt_temperatures_k=[300.0], coverage=[])
+    assert {t["protocol"] for t in plan_tasks(off, [CU])} == {"nvt"}
+    # every applicable protocol is on by default for a bulk seed
+    assert {t["protocol"] for t in plan_tasks(cfg, [CU])} == {"nvt", "surface", "defect", "cluster", "hot", "volume"}
+    # the configured melting point wins over the estimate
+    hot = [t for t in plan_tasks(GenerateConfig(seeds=["x"], melting_point_k=1000.0, hot_temperature_factors=[1.5]), [CU])
+           if t["protocol"] == "hot"]
+    assert [t["temperature_K"] for t in hot] == [1500.0]
+
+
+def test_volume_scan_moves_molecules_rigidly():
+    box = water_box()
+    cfg = GenerateConfig(seeds=["x"], coverage=["volume"], volume_scales=[0.9], volume_frames=1, nvt_frames=0)
+    task = [t for t in plan_tasks(cfg, [box]) if t["protocol"] == "volume"][0]
+    from orbdistill.data.generate import _coverage_structure
+
+    scaled = _coverage_structure(task, box, cfg, np.random.default_rng(0))
+    assert scaled.get_volume() == pytest.approx(0.9 ** 3 * seed_supercell(box, task["size"]).get_volume())
+    _, mol = whole_molecules(scaled)
+    oh = np.concatenate([scaled.get_distances(i, np.flatnonzero((mol == mol[i]) & (scaled.numbers == 1)), mic=True)
+                         for i in np.flatnonzero(scaled.numbers == 8)])
+    assert len(oh) == 16 and np.allclose(oh, 0.9686, atol=2e-3)  # O-H of ASE's H2O, not 0.9 x
+
+
+def test_farthest_point_selection_keeps_the_unusual_frames():
+    frames = []
+    for k in range(30):
+        a = CU * (2, 2, 2)
+        a.rattle(0.01, seed=k)
+        frames.append(a)
+    odd = frames[17].copy()
+    del odd[3]  # a vacancy among near-duplicates
+    frames[17] = odd
+    chosen = selection.select_diverse(frames, 5)
+    assert chosen[0] == 17 and len(set(chosen)) == 5
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    picked = selection.farthest_point_sampling(x, 10)
+    # greedy FPS: the smallest pairwise distance among picked points beats random subsets
+    def min_gap(idx):
+        d = np.linalg.norm(x[idx][:, None] - x[idx][None], axis=-1)
+        return d[np.triu_indices(len(idx), 1)].min()
+    rng = np.random.default_rng(1)
+    assert min_gap(picked) > np.median([min_gap(rng.choice(50, 10, replace=False)) for _ in range(50)])
+
+
+def test_keep_fraction_thins_each_trajectory(tmp_path):
+    teacher = load_teacher("emt")
+    base = dict(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[600.0], nvt_frames=10,
+                nvt_equilibration_steps=2, coverage=[])
+    full = generate(GenerateConfig(**base), teacher, tmp_path / "full", progress=False)
+    half = generate(GenerateConfig(**base, keep_fraction=0.3), teacher, tmp_path / "half", progress=False)
+    assert full["n_frames"] == 10 and half["n_frames"] == 3 and half["n_rejected"] == 0
+    task = next(iter(half["tasks"].values()))
+    assert task["deselected"] == 7
+    kept = [f.info["frame_index"] for f in read_frames(tmp_path / "half")]
+    assert kept == sorted(kept)  # trajectory order
+    # the same configuration resumes (tuples in the config compare equal to the manifest's lists)
+    again = generate(GenerateConfig(**base, keep_fraction=0.3), teacher, tmp_path / "half", progress=False)
+    assert again["n_frames"] == 3
+
+
+def test_vacuum_shorter_than_the_cutoff_is_refused(tmp_path):
+    from orbdistill.config import ConfigError
+    from orbdistill.distill_config import load_distill_config
+
+    cfg = {"name": "x", "teacher": {"name": "emt"},
+           "student": {"kind": "v2", "overrides": {"cutoff": 7.0}},
+           "generate": {"seeds": ["bulk:Cu:fcc:3.61"], "vacuum": 6.5}}
+    with pytest.raises(ConfigError, match=r"generate.vacuum = 6.5 Å is shorter than the student's cutoff"):
+        load_distill_config(cfg)
+    cfg["generate"]["coverage"] = ["defect", "hot"]  # no slab or cluster: no vacuum needed
+    load_distill_config(cfg)
