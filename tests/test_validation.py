@@ -182,6 +182,19 @@ def test_validate_quick_writes_report_with_every_section(quick_report):
     assert any("drift" in t for t in targets) and any("bulk modulus" in t for t in targets)
     text = (out / "report.md").read_text()
     assert "## Energy conservation" in text and "## Throughput" in text and "2 torch threads" in text
+    # phonons of both models, and the student's frequency error against the teacher
+    ph = j["phonons"]
+    assert set(ph) == {"emt", "cu-sevennet-v2"} and ph["emt"]["min_frequency_thz"] > -0.05
+    assert 0 < ph["cu-sevennet-v2"]["vs_teacher"]["frequency_mae_thz"] < 3.0
+    assert (out / "phonons.png").stat().st_size > 0 and "## Phonons" in text
+    # the slab: surface energy, NVT of both, student on the teacher's frames, OOD signal
+    surf = j["surface"]
+    assert surf["emt"]["facet"] == "(1,1,1)" and 0.5 < surf["emt"]["surface_energy_j_m2"] < 1.5
+    st = surf["cu-sevennet-v2"]
+    assert st["md_failed"] is None and st["parity_on_teacher_frames"]["n_frames"] == 5
+    assert 0 <= st["flagged_fraction"] <= 1 and len(st["max_uncertainty"]) == 10
+    assert "## Surface (1,1,1)" in text
+    assert any("phonon" in t for t in targets) and any("surface energy" in t for t in targets)
 
 
 def test_validate_resumes_finished_sections(quick_report):
@@ -297,3 +310,51 @@ def test_validate_with_a_missing_student_leaves_no_output_folder(tmp_path, capsy
     rc = main(["validate", "--teacher", "emt", "--student", str(tmp_path / "nope"), "--out", str(out), "--quick"])
     assert rc == 2 and "No student package" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_phonopy_frequencies_equal_ase_phonons_and_obey_the_acoustic_sum_rule(tmp_path):
+    """Our phonopy path against ASE's own finite-displacement phonons (an independent
+    implementation) for EMT copper, at Γ, X, L and W."""
+    from ase.calculators.emt import EMT
+    from ase.phonons import Phonons
+
+    from orbdistill.validation.phonons import compare_phonons, phonons
+
+    prim = bulk("Cu", "fcc", a=3.59)
+    path = prim.cell.bandpath("GXLW", npoints=0)
+    q_cart = path.kpts @ prim.cell.reciprocal()  # 1/Å, no 2π
+    conv = bulk("Cu", "fcc", a=3.59, cubic=True)  # a different input cell: the same crystal
+    ours = phonons(EMT(), conv, min_length=10.0, mesh=4, qpoints_cartesian=q_cart)
+    assert ours["supercell"] == [3, 3, 3] and ours["n_displacements"] == 1
+    ph = Phonons(prim, EMT(), supercell=(5, 5, 5), delta=0.01, name=str(tmp_path / "ase-phonons"))
+    ph.run()
+    ph.read(acoustic=True)
+    ase_ev = ph.band_structure(path.kpts)  # eV
+    ase_thz = np.sort(ase_ev, axis=1) / 4.135667696e-3  # h = 4.1357 meV/THz
+    np.testing.assert_allclose(np.sort(ours["qpoint_frequencies_thz"], axis=1), ase_thz, atol=0.05)
+    # Γ: the three acoustic modes at zero (acoustic sum rule); no imaginary mode anywhere
+    assert np.abs(ours["qpoint_frequencies_thz"][0]).max() < 1e-3
+    assert ours["min_frequency_thz"] > -0.01
+    assert 7.0 < ours["max_frequency_thz"] < 9.0  # EMT copper (experiment: 7.3 THz)
+    same = compare_phonons(ours, ours)
+    assert same["frequency_mae_thz"] == 0 and same["dos_overlap"] == pytest.approx(1.0)
+    softer = phonons(EMT(), bulk("Cu", "fcc", a=3.65, cubic=True), min_length=10.0, mesh=4)  # expanded: softer
+    diff = compare_phonons(ours, softer)
+    assert diff["max_frequency_error_thz"] < -0.3 and diff["frequency_mae_thz"] > 0.1 and diff["dos_overlap"] < 0.9
+
+
+def test_surface_energies_of_fcc_facets_are_ordered_and_converged():
+    from ase.calculators.emt import EMT
+
+    from orbdistill.data.coverage import make_slab
+    from orbdistill.validation.suite import surface_energy
+
+    prim, conv = bulk("Cu", "fcc", a=3.59), bulk("Cu", "fcc", a=3.59, cubic=True)
+    gamma = {}
+    for miller in ((1, 1, 1), (1, 0, 0), (1, 1, 0)):
+        thin, thick = (surface_energy(EMT(), prim, make_slab(conv, miller, 40, min_thickness=t))["surface_energy_j_m2"]
+                       for t in (8.0, 14.0))
+        assert thin == pytest.approx(thick, rel=0.01)  # converged with thickness: the two faces do not interact
+        gamma[miller] = thick
+    # the close-packed facet is the cheapest, the open (110) the dearest (broken bonds: 3, 4, 6 per atom)
+    assert 0.5 < gamma[(1, 1, 1)] < gamma[(1, 0, 0)] < gamma[(1, 1, 0)] < 2.0

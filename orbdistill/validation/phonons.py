@@ -32,14 +32,15 @@ def _diagonal_supercell(atoms, min_length: float) -> np.ndarray:
 
 
 def phonons(calc, atoms, min_length: float = 10.0, displacement: float = 0.01, mesh: int = 12,
-            band_points: int = 60, dos_sigma_thz: float = 0.15) -> Dict:
+            band_points: int = 60, dos_sigma_thz: float = 0.15, qpoints_cartesian=None) -> Dict:
     """Phonons of ``atoms`` (a relaxed, periodic crystal) with the forces of ``calc``.
 
     Returns a dict with ``supercell`` (repetitions), ``n_displacements``, ``mesh``,
     ``frequencies_thz`` [q, bands] on the mesh, ``band`` (``distances``, ``frequencies_thz``
     [points, bands], ``labels``, ``label_distances``, ``path``) along the primitive cell's
     standard path, ``dos`` (``frequency_thz``, ``dos``), and ``min_frequency_thz`` (negative
-    for an unstable, imaginary mode).
+    for an unstable, imaginary mode). With ``qpoints_cartesian`` ([n, 3], in 1/Å without the
+    2π), also ``qpoint_frequencies_thz`` [n, bands] at those wave vectors.
     """
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
@@ -80,7 +81,12 @@ def phonons(calc, atoms, min_length: float = 10.0, displacement: float = 0.01, m
     x, special_x, labels = path.get_linear_kpoint_axis()
     ph.run_band_structure([path.kpts])
     band = ph.get_band_structure_dict()
+    extra = {}
+    if qpoints_cartesian is not None:
+        q_red = np.asarray(qpoints_cartesian, dtype=float) @ np.asarray(prim.cell).T
+        extra["qpoint_frequencies_thz"] = np.array([ph.get_frequencies(q) for q in q_red])
     return {
+        **extra,
         "supercell": np.diag(sc).tolist(),
         "n_atoms_supercell": int(len(ph.supercell)),
         "n_displacements": len(forces),

@@ -335,6 +335,54 @@ def write_report(summary: dict, out) -> dict:
                f"Central stress differences at ±{summary['config']['elastic_strain']:g} strain from each model's own minimum "
                f"({'relaxed' if summary['config']['relax_ions'] else 'clamped'} ions); C11, C12, C44 are cubic averages.", "",
                _table(["model", "C11 (GPa)", "C12 (GPa)", "C44 (GPa)", "B_Voigt (GPa)", "max |Cij - Cji|", "error vs teacher (%) C11, C12, C44"], rows), ""]
+    if summary.get("phonons"):
+        ph = summary["phonons"]
+        rows = []
+        for n, r in ph.items():
+            if r.get("failed"):
+                rows.append([n, f"failed: {r['failed'][:80]}", "-", "-", "-", "-"])
+                continue
+            v = r.get("vs_teacher") or {}
+            rows.append([n, "x".join(str(x) for x in r["supercell"]), _fmt(r["max_frequency_thz"], ".3f"),
+                         _fmt(r["min_frequency_thz"], ".3f"), _fmt(v.get("frequency_mae_thz"), ".3f"),
+                         _fmt(v.get("dos_overlap"), ".3f")])
+        cfg = summary["config"]
+        md += ["## Phonons", "",
+               f"Finite displacements (0.01 Å, phonopy) in a supercell at least {cfg['phonon_min_length']:g} Å wide, each "
+               f"model's own relaxed crystal; frequencies on a Γ-centred {cfg['phonon_mesh']}³ mesh (irreducible points). "
+               "A negative minimum frequency is an imaginary (unstable) mode.", "",
+               _table(["model", "supercell", "max ν (THz)", "min ν (THz)", "ν MAE vs teacher (THz)", "DOS overlap"], rows), ""]
+        from .phonons import plot_phonons
+
+        plot_phonons(ph, out / "phonons.png", title=f"{summary['structure']['formula']}: phonons",
+                     reference=summary["teacher"])
+        if (out / "phonons.png").exists():
+            plots["phonons"] = "phonons.png"
+            md += ["![phonons](phonons.png)", ""]
+    if summary.get("surface"):
+        sf = summary["surface"]
+        rows = []
+        for n, e in sf.items():
+            if e.get("failed"):
+                rows.append([n, f"failed: {e['failed'][:80]}"] + ["-"] * 6)
+                continue
+            par = e.get("parity_on_teacher_frames") or {}
+            rows.append([n, _fmt(e["surface_energy_j_m2"], ".3f"),
+                         _fmt(100 * e["surface_energy_rel_error"], ".1f") if "surface_energy_rel_error" in e else "-",
+                         _fmt(e.get("mean_potential_ev_atom"), ".4f"), _fmt(par.get("force_mae_mev_a"), ".1f"),
+                         _fmt(par.get("energy_mae_mev_atom"), ".2f"),
+                         _fmt(e.get("flagged_fraction"), ".2f") if "flagged_fraction" in e else "-",
+                         e.get("md_failed") or "-"])
+        first = next(iter(sf.values()))
+        cfg = summary["config"]
+        md += [f"## Surface {first.get('facet', '')}", "",
+               f"A {first.get('n_atoms')}-atom slab of the teacher-relaxed crystal ({first.get('thickness_a', 0):.1f} Å thick, "
+               f"{cfg['surface_vacuum']:g} Å vacuum). Surface energy: slab relaxed at fixed cell (FIRE, 0.02 eV/Å) against "
+               f"each model's own bulk energy. NVT at {cfg['surface_temperature_k']:g} K for {cfg['surface_steps']} steps; "
+               "the student is evaluated on frames of the teacher's slab trajectory; 'flagged' is the share of the "
+               "student's own slab frames above its out-of-domain threshold.", "",
+               _table(["model", "γ (J/m²)", "γ error vs teacher (%)", "mean E_pot (eV/atom)", "F MAE on teacher frames (meV/Å)",
+                       "E MAE (meV/atom)", "flagged", "MD failure"], rows), ""]
     md += ["## Timing", "", ", ".join(f"{k} {v:.0f} s" for k, v in summary["timing_s"].items()), ""]
     path = out / "report.md"
     tmp = path.with_name("report.md.tmp")

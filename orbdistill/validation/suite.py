@@ -35,7 +35,7 @@ from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic")
+SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic", "phonons", "surface")
 REPORT_SCHEMA = 2  # bump when the content of a section changes: older reports are not resumed
 
 
@@ -78,6 +78,15 @@ class ValidateConfig:
     eos_max_strain: Annotated[float, Field(gt=0, lt=0.2)] = 0.02
     elastic_strain: Annotated[float, Field(gt=0, lt=0.05)] = 0.005
     relax_ions: bool = False                 # relaxed-ion EOS/elastic constants (needed for non-Bravais cells)
+    # phonons (phonopy, finite displacements on each model's own relaxed crystal)
+    phonon_min_length: PositiveFloat = 10.0  # supercell width, Å
+    phonon_mesh: Annotated[int, Field(ge=2, le=40)] = 12
+    # a slab of the MD crystal: surface energy and NVT, student against teacher
+    surface_miller: Tuple[int, int, int] = (1, 1, 1)
+    surface_atoms: PositiveInt = 64
+    surface_vacuum: Annotated[float, Field(ge=6.0)] = 12.0
+    surface_temperature_k: PositiveFloat = 600.0
+    surface_steps: PositiveInt = 500
     seed: NonNegativeInt = 0
     progress: bool = True
 
@@ -87,7 +96,8 @@ class ValidateConfig:
         base = dict(min_atoms=32, backends=("torch", "torchscript", "onnx"), nve_steps=400, teacher_nve_steps=None, sweep_ps=0.06, nve_log_interval=5,
                     throughput_sizes=(32, 108), throughput_repeats=2, md_temperatures_k=(600.0,),
                     md_equilibration_steps=40, md_steps=120, md_sample_interval=5, parity_frames=5,
-                    relax_starts=1, relax_steps=200, eos_points=5)
+                    relax_starts=1, relax_steps=200, eos_points=5, phonon_min_length=7.0, phonon_mesh=6,
+                    surface_atoms=32, surface_steps=60)
         base.update(overrides)
         return build_config(cls, base, "validate")
 
@@ -363,6 +373,101 @@ def _section_throughput(run: ValidationRun) -> None:
         run.summary["throughput"] = _throughput(run.models, run.md_start, run.cfg, run.device, time_step, run.out)
 
 
+def _section_phonons(run: ValidationRun) -> None:
+    """Harmonic phonons of each model's own relaxed crystal, and the frequency errors."""
+    from . import phonons as phv
+
+    if not all(run.structure.pbc):
+        return
+    cfg = run.cfg
+    _per_model(run, "phonons", lambda m: _guarded(phv.phonons, m.calc, run.relaxed[m.name],
+                                                   min_length=cfg.phonon_min_length, mesh=cfg.phonon_mesh))
+    ph = run.summary["phonons"]
+    ref = ph.get(run.teacher.name, {})
+    for name, r in ph.items():
+        if name != run.teacher.name and not r.get("failed") and not ref.get("failed"):
+            r["vs_teacher"] = _guarded(phv.compare_phonons, ref, r)
+    run.save()
+
+
+EV_A2_TO_J_M2 = 16.02176634  # 1 eV/Å² in J/m²
+
+
+def surface_energy(calc, bulk, slab, fmax: float = 0.02, steps: int = 300) -> dict:
+    """Surface energy of ``slab`` (two equal faces, a cell vector pair in-plane) against the
+    bulk energy per atom of ``bulk`` (same composition), both with ``calc``: unrelaxed and
+    relaxed at fixed cell (FIRE to ``fmax``). Returns J/m² values and ``relax_converged``.
+
+    >>> from ase.build import bulk, fcc111
+    >>> from ase.calculators.emt import EMT
+    >>> g = surface_energy(EMT(), bulk("Cu", "fcc", a=3.59), fcc111("Cu", (1, 1, 6), a=3.59, vacuum=6, periodic=True))
+    >>> 0.5 < g["surface_energy_j_m2"] < 1.5
+    True
+    """
+    from ase.optimize import FIRE
+
+    b = bulk.copy()
+    b.calc = calc
+    e_bulk = b.get_potential_energy() / len(b)
+    area = float(np.linalg.norm(np.cross(slab.cell[0], slab.cell[1])))
+    a = slab.copy()
+    a.calc = calc
+    unrelaxed = (a.get_potential_energy() - len(a) * e_bulk) / (2 * area)
+    converged = FIRE(a, logfile=None).run(fmax=fmax, steps=steps)
+    relaxed = (a.get_potential_energy() - len(a) * e_bulk) / (2 * area)
+    return {"surface_energy_j_m2": float(relaxed * EV_A2_TO_J_M2),
+            "surface_energy_unrelaxed_j_m2": float(unrelaxed * EV_A2_TO_J_M2), "relax_converged": bool(converged)}
+
+
+def _section_surface(run: ValidationRun) -> None:
+    """A slab of the teacher-relaxed crystal: each model's surface energy (its own bulk
+    energy, slab relaxed at fixed cell) and an NVT run, with the student evaluated on the
+    teacher's slab frames and the out-of-domain signal recorded."""
+    from orbdistill.data.coverage import make_slab
+
+    from . import md as mdv
+
+    if not all(run.structure.pbc) or not run.pending("surface"):
+        return
+    cfg = run.cfg
+    slab = make_slab(run.md_start, cfg.surface_miller, cfg.surface_atoms, vacuum=cfg.surface_vacuum)
+    z = slab.positions[:, 2]
+    area = float(np.linalg.norm(np.cross(slab.cell[0], slab.cell[1])))
+
+    def one(m):
+        gam = surface_energy(m.calc, run.relaxed[m.name], slab)
+        res = mdv.run_nvt(m.calc, slab, cfg.surface_temperature_k, cfg.surface_steps, 0, cfg.md_timestep_fs,
+                          max(1, cfg.surface_steps // 20), seed=cfg.seed, progress=cfg.progress, label=f"{m.name} slab")
+        out = {"facet": slab.info["facet"], "n_atoms": len(slab), "area_a2": area, "thickness_a": float(np.ptp(z)),
+               **gam, "md_failed": res["failed"], "md_seconds": res["seconds"],
+               "mean_potential_ev_atom": float(np.mean(res["potential_ev"]) / len(slab)) if res["potential_ev"] else None,
+               "frames": res["frames"]}
+        if m.role == "student" and getattr(m.calc, "ood_threshold", None) is not None and res["frames"]:
+            scores = []
+            for f in mdv.subsample(res["frames"], 10):
+                f = f.copy()
+                f.calc = m.calc
+                f.get_potential_energy()
+                scores.append(float(f.calc.results.get("max_uncertainty", np.nan)))
+            out["max_uncertainty"] = scores
+            out["threshold"] = m.calc.ood_threshold
+            out["flagged_fraction"] = float(np.mean(np.array(scores) > m.calc.ood_threshold))
+        return out
+
+    _per_model(run, "surface", one)
+    surf = run.summary["surface"]
+    teacher_frames = surf[run.teacher.name].pop("frames", [])
+    frames = mdv.subsample(teacher_frames[1:], cfg.parity_frames)
+    ref_gamma = surf[run.teacher.name]["surface_energy_j_m2"]
+    for m in run.models:
+        e = surf[m.name]
+        e.pop("frames", None)
+        if m.role == "student" and frames:
+            e["parity_on_teacher_frames"] = _guarded(mdv.parity_on_frames, run.teacher.calc, m.calc, frames)
+            e["surface_energy_rel_error"] = (e["surface_energy_j_m2"] - ref_gamma) / abs(ref_gamma)
+    run.save()
+
+
 #: section name -> what runs it, in the order they run (relaxation always runs first: its
 #: structures start every other section; "relax" in the config adds the perturbed starts)
 SECTION_RUNNERS: Dict[str, Callable[[ValidationRun], None]] = {
@@ -373,6 +478,8 @@ SECTION_RUNNERS: Dict[str, Callable[[ValidationRun], None]] = {
     "sweep": _section_sweep,
     "md": _section_md,
     "throughput": _section_throughput,
+    "phonons": _section_phonons,
+    "surface": _section_surface,
 }
 assert set(SECTION_RUNNERS) == set(SECTIONS)
 
@@ -615,6 +722,18 @@ def _throughput(models, structure, cfg: ValidateConfig, device, time_step, workd
             "protocol": "median of repeats of one energy+forces+stress call after a position change, after 3 warm-up calls"}
 
 
+def _within_bulk(summary: dict, name: str, value: float) -> bool:
+    """``value`` (meV/Å) within 2x of the student's bulk force MAE in the MD section (or
+    on its card when the MD section did not run)."""
+    bulk = [e["models"][name]["parity_on_teacher_frames"]["force_mae_mev_a"] for e in summary.get("md", {}).values()
+            if "parity_on_teacher_frames" in e["models"].get(name, {})
+            and not e["models"][name]["parity_on_teacher_frames"].get("failed")]
+    if not bulk:
+        card = summary["models"][name].get("card_metrics") or {}
+        bulk = [card["force_mae_mev_a"]] if "force_mae_mev_a" in card else []
+    return bool(bulk) and value <= 2 * max(bulk)
+
+
 def _targets(summary: dict, teacher: str) -> list:
     """The issue's acceptance targets, evaluated for every student."""
     rows = []
@@ -643,6 +762,23 @@ def _targets(summary: dict, teacher: str) -> list:
             rows.append({"model": name, "target": "bulk modulus within 5 % of the teacher",
                          "value": 100 * eos["bulk_modulus_gpa"], "pass": abs(eos["bulk_modulus_gpa"]) < 0.05,
                          "detail": "relative difference, % (equation of state fit)"})
+        ph = summary.get("phonons", {}).get(name, {}).get("vs_teacher")
+        if ph:
+            rows.append({"model": name, "target": "phonon frequency MAE < 0.2 THz", "value": ph["frequency_mae_thz"],
+                         "pass": ph["frequency_mae_thz"] < 0.2, "detail": "all modes on the mesh, each model's own crystal"})
+        surf = summary.get("surface", {}).get(name, {})
+        if surf and not surf.get("failed"):
+            rows.append({"model": name, "target": f"slab {surf['facet']} NVT completes", "value": None,
+                         "pass": surf["md_failed"] is None, "detail": surf["md_failed"] or
+                         f"{summary['config']['surface_steps']} steps at {summary['config']['surface_temperature_k']:g} K"})
+        if "parity_on_teacher_frames" in surf and not surf["parity_on_teacher_frames"].get("failed"):
+            par = surf["parity_on_teacher_frames"]
+            rows.append({"model": name, "target": f"slab {surf['facet']} force MAE within 2x of bulk MD",
+                         "value": par["force_mae_mev_a"], "pass": _within_bulk(summary, name, par["force_mae_mev_a"]),
+                         "detail": "meV/Å on the teacher's slab NVT frames, against the MD section's bulk value"})
+            rows.append({"model": name, "target": "surface energy within 10 % of the teacher",
+                         "value": 100 * surf["surface_energy_rel_error"], "pass": abs(surf["surface_energy_rel_error"]) < 0.1,
+                         "detail": "relative difference, % (relaxed slab, each model's own bulk energy)"})
         for key, entry in summary.get("md", {}).items():
             e = entry["models"].get(name, {})
             if "rdf_overlap" in e:
