@@ -98,6 +98,17 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_onpolicy(args) -> int:
+    from orbdistill.onpolicy import run_onpolicy
+
+    _threads(args.threads)
+    state = run_onpolicy(args.config)
+    rows = [{k: r.get(k) for k in ("round", "candidates", "labelled", "diverged", "converged", "package")}
+            for r in state["rounds"]]
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
 def cmd_export(args) -> int:
     from orbdistill.export import export_package
     from orbdistill.packages import find_package
@@ -173,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", cmd_generate, "generate teacher-labelled data (resumes if interrupted)"),
         ("train", cmd_train, "train a student on generated data (resumes from its checkpoint)"),
         ("distill", cmd_distill, "generate, train, evaluate and package a student"),
+        ("onpolicy", cmd_onpolicy, "after distill: the student simulates, the teacher labels where it is unsure, "
+                                   "the student is retrained (resumes)"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--config", required=True, help="distillation config (JSON, YAML or TOML)")
@@ -180,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             c.add_argument("--max-epochs", type=int, default=None,
                            help="stop after this many epochs of this call (the next call resumes): for wall-time limits")
-        if name != "train":
+        if name not in ("train", "onpolicy"):
             c.add_argument("--executor", choices=["local", "dask"], default=None,
                            help="where teacher labelling runs (default: the config's, else local)")
             c.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); implies dask")

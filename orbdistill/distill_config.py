@@ -19,7 +19,7 @@ from typing import Optional, Union
 from orbdistill.config import ConfigError, _format_pydantic, build_config
 
 TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads",
-            "executor")
+            "executor", "onpolicy")
 TEACHER_KEYS = ("name", "weights", "precision")
 STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
 
@@ -124,7 +124,10 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         errors.append(f"student.species = {species!r}: must be a non-empty list of elements (e.g. [\"Cu\"]) or null")
 
     sections = {}
-    for key, cls in (("generate", GenerateConfig), ("train", TrainConfig), ("executor", ExecutorConfig)):
+    from orbdistill.onpolicy import OnPolicyConfig
+
+    for key, cls in (("generate", GenerateConfig), ("train", TrainConfig), ("executor", ExecutorConfig),
+                     ("onpolicy", OnPolicyConfig)):
         values = raw.get(key, {})
         if key == "train" and isinstance(values, dict) and "device" not in values and raw.get("device"):
             values = dict(values, device=raw["device"])  # the top-level device reaches training
@@ -157,6 +160,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         "generate": dataclasses.asdict(gen),
         "train": dataclasses.asdict(sections["train"]),
         "executor": dataclasses.asdict(sections["executor"]),
+        "onpolicy": dataclasses.asdict(sections["onpolicy"]),
         "split": [float(x) for x in split],
         "work_dir": _resolve(raw.get("work_dir") or f"runs/{name}", base),
         "package_dir": _resolve(raw.get("package_dir") or f"calculators/{name}", base),

@@ -193,6 +193,12 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     pkg = write_package(best, cfg["package_dir"], card, config=cfg,
                         files=[work / "parity.png", work / "learning_curves.png"], domain=domain, domain_info=ood)
     summary = {"package": str(pkg), "metrics": metrics, "timing": card["timing"], "data": card["data"]}
+    if cfg.get("onpolicy", {}).get("rounds"):
+        from orbdistill.onpolicy import run_onpolicy
+
+        state = run_onpolicy(cfg, progress=progress, log_fn=log_fn, teacher=teacher)
+        summary["onpolicy"] = [{k: r.get(k) for k in ("round", "candidates", "labelled", "diverged", "converged")}
+                               for r in state["rounds"]]
     atomic_write_text(work / "results.json", json.dumps(summary, indent=1))
     if log_fn:
         log_fn(f"held-out ({metrics['held_out']}): E {metrics['energy_mae_mev_atom']:.2f} meV/atom, "

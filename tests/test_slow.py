@@ -22,7 +22,9 @@ def test_full_cu_recipe_at_reduced_size_learns_sevennet(tmp_path):
     cfg = load_config(ROOT / "workflows" / "distill_cu_sevennet.json")
     g = cfg["generate"]
     g.update(sizes=[32], protocol_sizes={}, nvt_trajectories_per_temperature=1, nvt_frames=15,
-             npt_frames=10, strain_frames=60, rattle_relax_frames=40, relax_trajectories=1)
+             npt_frames=10, strain_frames=60, rattle_relax_frames=40, relax_trajectories=1,
+             surface_frames=10, surface_rattle_relax_starts=2, defect_frames=8, defect_relax_steps=3,
+             cluster_sizes=[13, 38], cluster_frames=8, cluster_relax_steps=3, hot_frames=10, volume_frames=4)
     cfg["train"].update(epochs=25, patience=25)
     cfg["work_dir"], cfg["package_dir"] = str(tmp_path / "run"), str(tmp_path / "pkg")
     summary = distill(cfg, progress=False, log_fn=None)

@@ -1,0 +1,108 @@
+"""On-policy distillation: a bulk-trained student explores slabs and clusters, the teacher
+labels where it is unsure, and the retrained student is better there; rounds resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.io import read
+
+from orbdistill import onpolicy
+from orbdistill.onpolicy import OnPolicyConfig, candidates, explore, run_onpolicy
+from orbdistill.pipeline import distill
+from orbdistill.training import trainer as trainer_module
+
+from test_distill import small_config
+
+
+def test_divergence_stops_a_run_and_keeps_the_frames_before_it():
+    from ase.build import bulk
+
+    class Exploding(EMT):
+        """EMT whose forces blow up after a few calls."""
+
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            Exploding.calls += 1
+            if Exploding.calls > 12:
+                self.results["forces"] = self.results["forces"] * 1e4
+
+    cfg = OnPolicyConfig(rounds=1, steps=200, sample_interval=5, frames_before_failure=2)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    res = explore(Exploding(), atoms, 300.0, cfg)
+    assert res["failed"] and "force" in res["failed"] and res["steps_completed"] < 200
+    assert len(res["frames"]) >= 2 and np.isnan(res["uncertainty"]).all()  # EMT has no signal
+    assert candidates(res, None, cfg) == [len(res["frames"]) - 2, len(res["frames"]) - 1]
+    calm = explore(EMT(), atoms, 300.0, OnPolicyConfig(rounds=1, steps=40, sample_interval=10))
+    assert calm["failed"] is None and calm["steps_completed"] == 40 and len(calm["frames"]) == 5
+    # above-threshold frames are candidates, the rest are not
+    fake = {"uncertainty": [0.5, 3.0, 1.0, 2.5], "failed": None}
+    assert candidates(fake, 2.0, cfg) == [1, 3]
+
+
+def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path)  # bulk only
+    cfg["onpolicy"] = {"rounds": 2, "starts": ["surface", "cluster"], "size": 32, "cluster_size": 19,
+                       "temperatures_k": [500.0], "steps": 120, "sample_interval": 4, "max_new_frames": 40,
+                       "epochs": 15, "lr": 2e-3}
+    no_rounds = dict(cfg, onpolicy={"rounds": 0})
+    distill(no_rounds, progress=False, log_fn=None)
+    pkg = Path(cfg["package_dir"])
+    start_sha = json.loads((pkg / "card.json").read_text())["weights_sha256"]
+
+    # 1) interrupted while training round 1: the labelled frames survive
+    def crash(self, *a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_onpolicy(cfg, progress=False, log_fn=None)
+    monkeypatch.undo()
+    chunk = tmp_path / "run" / "onpolicy" / "round-01.extxyz"
+    labelled = read(chunk, index=":")
+    assert labelled, "the bulk-trained student found nothing to label on a slab and a cluster"
+    # every new frame carries the teacher's labels for its positions
+    for f in labelled[:5]:
+        ref = f.copy()
+        ref.calc = EMT()
+        # (extxyz keeps positions to ~1e-8 Å)
+        assert f.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(f.get_forces(), ref.get_forces(), atol=1e-6)
+        assert f.info["protocol"] == "onpolicy" and f.info["round"] == 1 and f.info["start"].endswith(("surface", "cluster"))
+
+    # 2) resumed: round 1 is not explored again, it is trained; round 2 explores
+    calls = []
+    real = onpolicy.explore
+    monkeypatch.setattr(onpolicy, "explore", lambda *a, **k: calls.append(1) or real(*a, **k))
+    state = run_onpolicy(cfg, progress=False, log_fn=None)
+    r1 = state["rounds"][0]
+    assert r1["labelled"] == len(labelled)
+    assert len(calls) == (2 if len(state["rounds"]) == 2 else 0)  # only round 2 explored
+    # the student learned the frames it got wrong
+    assert r1["new_frame_errors_after"]["force_mae_mev_a"] < 0.7 * r1["new_frame_errors_before"]["force_mae_mev_a"]
+    # the package is the last round's student, with its history
+    card = json.loads((pkg / "card.json").read_text())
+    assert card["weights_sha256"] != start_sha and len(card["onpolicy"]) == len(state["rounds"])
+    assert (pkg / "domain.pt").exists() and card["domain"]["ood"]["threshold"] > 0
+    # less of the student's own slab and cluster MD is out of its domain after the rounds
+    flagged = lambda rnd: np.mean([v["flagged_fraction"] for v in rnd["runs"].values()])  # noqa: E731
+    if len(state["rounds"]) == 2:
+        assert flagged(state["rounds"][1]) < flagged(r1)
+
+    # 3) a finished loop does nothing
+    calls.clear()
+    again = run_onpolicy(cfg, progress=False, log_fn=None)
+    assert len(again["rounds"]) == len(state["rounds"]) and not calls
+
+
+def test_onpolicy_needs_rounds_and_a_package(tmp_path):
+    cfg = small_config(tmp_path)
+    with pytest.raises(ValueError, match="onpolicy.rounds is 0"):
+        run_onpolicy(cfg, progress=False, log_fn=None)
+    cfg["onpolicy"] = {"rounds": 1}
+    with pytest.raises(FileNotFoundError, match="run `orbdistill distill` first"):
+        run_onpolicy(cfg, progress=False, log_fn=None)
