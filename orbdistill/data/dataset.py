@@ -25,6 +25,9 @@ class Sample:
     stress: Optional[np.ndarray]  # [3, 3] eV/Å^3 or None
     traj_id: str
     protocol: str = "?"
+    hvp_v: Optional[np.ndarray] = None   # [N, 3] probe direction of the Hessian-vector product
+    hvp: Optional[np.ndarray] = None     # [N, 3] teacher H v (eV/Å^2 x Å), see orbdistill.data.hessian
+    hvp_epsilon: float = 0.0
 
     @property
     def n_atoms(self) -> int:
@@ -52,8 +55,13 @@ def frames_to_samples(frames: Sequence, cutoff: float, max_neighbors: Optional[i
     out = []
     for k, a in enumerate(frames):
         e, f, s = frame_labels(a)
+        hv = {}
+        if "hvp" in a.arrays and "hvp_v" in a.arrays:
+            hv = {"hvp_v": np.asarray(a.arrays["hvp_v"], dtype=np.float64), "hvp": np.asarray(a.arrays["hvp"], dtype=np.float64),
+                  "hvp_epsilon": float(a.info.get("hvp_epsilon", 0.01))}
         out.append(Sample(graph=structure_graph(a, cutoff, max_neighbors), energy=e, forces=f, stress=s,
-                          traj_id=str(a.info.get("traj_id", f"frame-{k}")), protocol=str(a.info.get("protocol", "?"))))
+                          traj_id=str(a.info.get("traj_id", f"frame-{k}")), protocol=str(a.info.get("protocol", "?")),
+                          **hv))
     return out
 
 
@@ -73,6 +81,13 @@ def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tupl
         "has_stress": t(np.array([s.stress is not None for s in samples])),
         "n_atoms": graph.n_atoms,
     }
+    if any(s.hvp is not None for s in samples):  # Hessian-vector products (per atom; zeros where absent)
+        zeros = [np.zeros((s.n_atoms, 3)) for s in samples]
+        targets["hvp_v"] = t(np.concatenate([s.hvp_v if s.hvp is not None else z for s, z in zip(samples, zeros)]), dtype)
+        targets["hvp"] = t(np.concatenate([s.hvp if s.hvp is not None else z for s, z in zip(samples, zeros)]), dtype)
+        targets["hvp_epsilon"] = t(np.concatenate([np.full(s.n_atoms, s.hvp_epsilon if s.hvp is not None else 0.0)
+                                                   for s in samples]), dtype)
+        targets["has_hvp"] = t(np.concatenate([np.full(s.n_atoms, s.hvp is not None) for s in samples]))
     return graph, targets
 
 

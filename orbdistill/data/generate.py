@@ -146,6 +146,8 @@ class GenerateConfig:
     volume_scales: List[Annotated[float, Field(gt=0.5, lt=1.5)]] = field(default_factory=lambda: [0.88, 0.92, 1.08, 1.12])
     volume_frames: NonNegativeInt = 8
     keep_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    hvp: bool = False                                  # a teacher Hessian-vector product per frame (2 more calls)
+    hvp_epsilon: Annotated[float, Field(gt=0, le=0.05)] = 0.01
     reject_fmax: PositiveFloat = 30.0
     reject_min_distance: NonNegativeFloat = 0.5
     seed: NonNegativeInt = 0
@@ -481,6 +483,13 @@ def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -
 
         chosen = select_diverse(kept, max(1, round(cfg.keep_fraction * len(kept))))
         kept = [kept[k] for k in sorted(chosen)]  # trajectory order
+    if cfg.hvp and kept:
+        from .hessian import teacher_hvp
+
+        calc = teacher.calculator()
+        rng = np.random.default_rng(task["rng_seed"] + 1)
+        for f in kept:
+            teacher_hvp(f, calc, rng, cfg.hvp_epsilon)
     return {"id": task["id"], "frames": kept, "rejected": rejected, "deselected": len(frames) - rejected - len(kept),
             "seconds": round(time.perf_counter() - t0, 2), "worker": f"{os.uname().nodename}:{os.getpid()}",
             "teacher_loads": teacher_loads()}

@@ -57,6 +57,7 @@ class TrainConfig:
     energy_weight: NonNegativeFloat = 1.0
     forces_weight: NonNegativeFloat = 1.0
     stress_weight: NonNegativeFloat = 1.0
+    hessian_weight: NonNegativeFloat = 0.0   # > 0: match the teacher's Hessian-vector products (data with hvp)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     grad_clip: NonNegativeFloat = 10.0
     patience: PositiveInt = 25
@@ -65,8 +66,9 @@ class TrainConfig:
     device: Annotated[str, Field(pattern=r"^(cpu|auto|cuda(:[0-9]+)?|mps)$")] = "cpu"  # "auto": CUDA when available
 
     def __post_init__(self):
-        if self.energy_weight == self.forces_weight == self.stress_weight == 0:
-            raise ValueError("energy_weight, forces_weight and stress_weight are all 0: nothing would be learned")
+        if self.energy_weight == self.forces_weight == self.stress_weight == self.hessian_weight == 0:
+            raise ValueError("energy_weight, forces_weight, stress_weight and hessian_weight are all 0: "
+                             "nothing would be learned")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -95,7 +97,10 @@ def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, fl
     f = np.concatenate([s.forces.ravel() for s in samples])
     st = [s.stress.ravel() for s in samples if s.stress is not None]
     st = np.concatenate(st) if st else np.zeros(1)
+    hv = [s.hvp.ravel() for s in samples if s.hvp is not None]
+    hv = np.concatenate(hv) if hv else np.ones(1)
     return {
+        "hvp_std": float(max(hv.std(), 1e-3)),
         "energy_per_atom_std": float(max(e.std(), 1e-4)),
         "forces_rms": float(max(np.sqrt((f**2).mean()), 1e-3)),
         "forces_std": float(max(f.std(), 1e-3)),
@@ -114,16 +119,28 @@ def _batches(samples, batch_size, generator=None):
     return [[samples[i] for i in idx[k: k + batch_size]] for k in range(0, len(idx), batch_size)]
 
 
+def student_hvp(model, graph, v: torch.Tensor, epsilon: torch.Tensor, training: bool) -> torch.Tensor:
+    """The student's Hessian-vector product by central differences of its forces, with the
+    teacher's displacement ``epsilon`` (per atom) along ``v`` [N, 3]:
+    ``-(F(x + eps v) - F(x - eps v)) / (2 eps)`` (two more force evaluations; differentiable
+    with respect to the weights when ``training``)."""
+    step = (epsilon.clamp_min(1e-12)[:, None] * v).to(graph.positions.dtype)
+    f = [model.predict(dataclasses.replace(graph, positions=graph.positions + sign * step), compute_forces=True,
+                       compute_stress=False, training=training)["forces"] for sign in (1.0, -1.0)]
+    return -(f[0] - f[1]) / (2.0 * epsilon.clamp_min(1e-12)[:, None])
+
+
 def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, dist=None):
     """The weighted, normalised loss of a batch:
-    ``w_E sum(dE/N)^2 / n_E / var_E + w_F sum(dF)^2 / n_F / var_F + w_S sum(dS)^2 / n_S / var_S``.
+    ``w_E sum(dE/N)^2 / n_E / var_E + w_F sum(dF)^2 / n_F / var_F + w_S sum(dS)^2 / n_S / var_S``
+    (+ ``w_H sum(dHv)^2 / n_H / var_Hv`` with ``hessian_weight`` and frames carrying a teacher
+    Hessian-vector product).
 
     With ``dist`` (a :class:`~orbdistill.training.distributed.DistContext`), ``samples`` is
     this rank's shard of a global batch and the counts ``n`` are those of the global batch,
     so that the sum over ranks of the shard losses (and of their gradients) is the loss of
     the global batch. A rank with an empty shard returns a zero loss attached to the weights.
     """
-    counts_local = torch.zeros(3, dtype=torch.float64)
     parts = {}
     if samples:
         graph, tgt = collate(samples, dtype=_dtype(cfg.dtype), device=cfg.device)
@@ -134,15 +151,20 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
         parts["df"] = out["forces"] - tgt["forces"]
         if want_stress:
             parts["ds"] = (out["stress"] - tgt["stress"])[tgt["has_stress"]]
-        counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds")],
+        if cfg.hessian_weight > 0 and "has_hvp" in tgt and bool(tgt["has_hvp"].any()):
+            parts["dh"] = (student_hvp(model, graph, tgt["hvp_v"], tgt["hvp_epsilon"], training)
+                           - tgt["hvp"])[tgt["has_hvp"]]
+        counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds", "dh")],
                                     dtype=torch.float64)
+    else:
+        counts_local = torch.zeros(4, dtype=torch.float64)
     counts = dist.all_reduce_sum(counts_local.clone()) if dist is not None else counts_local
     if not parts:  # an empty shard (a rank with no structure in this batch): a zero attached to every weight,
         # so its gradients exist (zeros) and the all_reduce of the flat gradient has the same size on every rank
         return sum(p.sum() * 0.0 for p in model.parameters()), {}
     loss = 0.0
     terms = (("de", cfg.energy_weight, stats["energy_per_atom_std"]), ("df", cfg.forces_weight, stats["forces_std"]),
-             ("ds", cfg.stress_weight, stats["stress_std"]))
+             ("ds", cfg.stress_weight, stats["stress_std"]), ("dh", cfg.hessian_weight, stats.get("hvp_std", 1.0)))
     for k, (key, weight, std) in enumerate(terms):
         if key in parts and counts[k] > 0:
             loss = loss + weight * (parts[key] ** 2).sum() / float(counts[k]) / std**2
