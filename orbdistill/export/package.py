@@ -98,7 +98,7 @@ def _coverage_text(c: dict) -> str:
     parts = []
 
     def span(values, unit):
-        return f"{min(values):g}-{max(values):g} {unit}" if len(values) > 1 else f"{values[0]:g} {unit}"
+        return f"{min(values):g} to {max(values):g} {unit}" if len(values) > 1 else f"{values[0]:g} {unit}"
 
     if c.get("temperatures_k"):
         parts.append(span(c["temperatures_k"], "K"))

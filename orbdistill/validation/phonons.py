@@ -54,7 +54,8 @@ def phonons(calc, atoms, min_length: float = 10.0, displacement: float = 0.01, m
 
     with warnings.catch_warnings():  # phonopy 4 warns that "auto" is its new default
         warnings.simplefilter("ignore")
-        ph = Phonopy(unit, supercell_matrix=sc, primitive_matrix="auto")
+        # a loose symmetry tolerance: a relaxed student crystal is symmetric to ~1e-4 Å
+        ph = Phonopy(unit, supercell_matrix=sc, primitive_matrix="auto", symprec=1e-3)
     ph.generate_displacements(distance=displacement)
     forces = []
     from ase import Atoms
@@ -68,7 +69,8 @@ def phonons(calc, atoms, min_length: float = 10.0, displacement: float = 0.01, m
     ph.produce_force_constants()
     ph.symmetrize_force_constants()
 
-    ph.run_mesh([mesh] * 3, with_eigenvectors=False, is_gamma_center=True)
+    # the full grid (no symmetry reduction): every model's frequencies at the same q-points
+    ph.run_mesh([mesh] * 3, with_eigenvectors=False, is_gamma_center=True, is_mesh_symmetry=False)
     mesh_dict = ph.get_mesh_dict()
     freqs = np.asarray(mesh_dict["frequencies"])
     ph.run_total_dos(sigma=dos_sigma_thz)

@@ -349,7 +349,7 @@ def write_report(summary: dict, out) -> dict:
         cfg = summary["config"]
         md += ["## Phonons", "",
                f"Finite displacements (0.01 Å, phonopy) in a supercell at least {cfg['phonon_min_length']:g} Å wide, each "
-               f"model's own relaxed crystal; frequencies on a Γ-centred {cfg['phonon_mesh']}³ mesh (irreducible points). "
+               f"model's own relaxed crystal; frequencies on a Γ-centred {cfg['phonon_mesh']}³ mesh (all points). "
                "A negative minimum frequency is an imaginary (unstable) mode.", "",
                _table(["model", "supercell", "max ν (THz)", "min ν (THz)", "ν MAE vs teacher (THz)", "DOS overlap"], rows), ""]
         from .phonons import plot_phonons
