@@ -217,3 +217,19 @@ def test_vacuum_shorter_than_the_cutoff_is_refused(tmp_path):
         load_distill_config(cfg)
     cfg["generate"]["coverage"] = ["defect", "hot"]  # no slab or cluster: no vacuum needed
     load_distill_config(cfg)
+
+
+def test_data_made_before_a_new_generate_option_still_resume(tmp_path):
+    """A manifest written before a GenerateConfig field existed resumes when the new field
+    is at its default, and is refused when it is not."""
+    teacher = load_teacher("emt")
+    base = dict(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[600.0], nvt_frames=2,
+                nvt_equilibration_steps=2, coverage=[])
+    generate(GenerateConfig(**base), teacher, tmp_path, progress=False, max_tasks=0)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["hvp"]  # as if written by an older orbdistill
+    path.write_text(json.dumps(manifest))
+    assert generate(GenerateConfig(**base), teacher, tmp_path, progress=False)["n_frames"] == 2
+    with pytest.raises(ValueError, match="another configuration"):
+        generate(GenerateConfig(**base, hvp=True), teacher, tmp_path, progress=False)

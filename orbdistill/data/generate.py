@@ -547,7 +547,10 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     teacher_desc = {k: v for k, v in teacher.describe().items() if k != "species"}
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") != cfg_dict:
+        # fields added to GenerateConfig after the data were made count at their defaults
+        defaults = json.loads(json.dumps(dataclasses.asdict(GenerateConfig(seeds=cfg.seeds))))
+        stored = {**{k: v for k, v in defaults.items() if k not in manifest.get("config", {})}, **manifest.get("config", {})}
+        if stored != cfg_dict:
             raise ValueError(
                 f"{out} holds data generated with another configuration; use a new folder or the same configuration "
                 "to resume."

@@ -59,6 +59,12 @@ class V2Config(StudentConfig):
         readout_hidden: hidden width of the per-atom energy MLP
         pair_repulsion: "physical" or "none" (ZBL at short range)
         activation: "silu"
+        vector_invariant: how the update sees the size of a vector channel: "smooth",
+            ``sqrt(|V v|^2 + 1) - 1`` (analytic everywhere: the default), or "norm",
+            ``sqrt(|V v|^2 + 1e-8)`` (PaiNN's; a cusp where the vectors vanish, e.g. every
+            atom of a perfect centrosymmetric crystal, which gives wrong curvature there:
+            imaginary phonons of -8 THz for fcc Cu). Checkpoints saved before the option
+            existed load as "norm".
     """
 
     kind: str = "v2"
@@ -74,6 +80,13 @@ class V2Config(StudentConfig):
     readout_hidden: int = 32
     pair_repulsion: str = "none"
     activation: str = "silu"
+    vector_invariant: str = "smooth"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "V2Config":
+        if "vector_invariant" not in d:  # saved before the option existed: the cusped norm
+            d = dict(d, vector_invariant="norm")
+        return super().from_dict(d)
 
 
 class PaiNNMessage(torch.nn.Module):
@@ -115,16 +128,20 @@ class PaiNNMessage(torch.nn.Module):
 class PaiNNUpdate(torch.nn.Module):
     """Per-atom mixing of scalar and vector channels through invariants (norms, dots)."""
 
-    def __init__(self, f: int, fv: int, act: str):
+    def __init__(self, f: int, fv: int, act: str, invariant: str = "smooth"):
         super().__init__()
+        if invariant not in ("smooth", "norm"):
+            raise ValueError(f"vector_invariant must be 'smooth' or 'norm', got {invariant!r}")
         self.f, self.fv = f, fv
+        self.eps = 1.0 if invariant == "smooth" else 1e-8
+        self.offset = 1.0 if invariant == "smooth" else 0.0
         self.uv = torch.nn.Linear(fv, 2 * fv, bias=False)
         self.mlp = MLP(f + 2 * fv, [f], f + fv, act)
 
     def forward(self, s, v):
         n = s.shape[0]
         uv, vv = torch.split(self.uv(v.view(n, 3, self.fv)), self.fv, dim=2)  # [N, 3, Fv] each
-        norm = torch.sqrt((vv * vv).sum(dim=1) + 1e-8)
+        norm = torch.sqrt((vv * vv).sum(dim=1) + self.eps) - self.offset
         dot = (uv * vv).sum(dim=1)
         a = self.mlp(torch.cat([s, norm, dot], dim=1))
         ds, a_vv = torch.split(a, [self.f, self.fv], dim=1)
@@ -158,7 +175,7 @@ class FastStudentV2(StudentModel):
             PaiNNMessage(f, fv, c.num_radial, c.activation, c.use_vectors) for _ in range(c.num_layers)
         )
         self.updates = torch.nn.ModuleList(
-            (PaiNNUpdate(f, fv, c.activation) if c.use_vectors else ScalarUpdate(f, c.activation))
+            (PaiNNUpdate(f, fv, c.activation, c.vector_invariant) if c.use_vectors else ScalarUpdate(f, c.activation))
             for _ in range(c.num_layers)
         )
         self.readout = MLP(f, [c.readout_hidden], 1, c.activation)
