@@ -124,7 +124,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         errors.append(f"student.species = {species!r}: must be a non-empty list of elements (e.g. [\"Cu\"]) or null")
 
     sections = {}
-    from orbdistill.onpolicy import OnPolicyConfig
+    from orbdistill.onpolicy_config import OnPolicyConfig
 
     for key, cls in (("generate", GenerateConfig), ("train", TrainConfig), ("executor", ExecutorConfig),
                      ("onpolicy", OnPolicyConfig)):
@@ -230,3 +230,13 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
     if set(gen.get("coverage", ())) & {"surface", "cluster"} and gen["vacuum"] < model.cutoff:
         raise ConfigError(f"{origin}: generate.vacuum = {gen['vacuum']} Å is shorter than the student's cutoff "
                           f"({model.cutoff} Å): the two sides of a slab or cluster would see each other")
+
+
+def teacher_from_config(cfg: dict):
+    """The teacher a loaded distillation config names (weights and precision included)."""
+    from orbdistill.teachers import load_teacher
+
+    t = cfg["teacher"]
+    kwargs = {"precision": t["precision"]} if t.get("precision") else {}
+    return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
+

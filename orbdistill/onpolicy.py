@@ -44,47 +44,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Dict, List, Literal, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
-
-from orbdistill.config import build_config, config_dataclass
 from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-STARTS = ("bulk", "surface", "defect", "cluster")
-
-
-@config_dataclass
-class OnPolicyConfig:
-    """The on-policy loop (temperatures in K, times in fs, lengths in Å, forces in eV/Å)."""
-
-    rounds: NonNegativeInt = 0                      # 0: off
-    starts: List[Literal[STARTS]] = field(default_factory=lambda: list(STARTS))
-    size: PositiveInt = 64                          # atoms of the bulk, slab and defect cells
-    surface_miller: List[int] = field(default_factory=lambda: [1, 1, 1])
-    cluster_size: Annotated[int, Field(ge=2)] = 38
-    temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
-    steps: PositiveInt = 500
-    timestep_fs: Annotated[float, Field(gt=0, le=10)] = 2.0
-    sample_interval: PositiveInt = 10
-    uncertainty_factor: PositiveFloat = 1.0
-    frames_before_failure: NonNegativeInt = 3
-    max_new_frames: PositiveInt = 100
-    min_distance: PositiveFloat = 0.7
-    max_force: PositiveFloat = 30.0
-    max_temperature_factor: Annotated[float, Field(gt=1)] = 3.0
-    epochs: PositiveInt = 10
-    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    seed: NonNegativeInt = 0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "OnPolicyConfig":
-        return build_config(cls, d, "onpolicy")
+from orbdistill.onpolicy_config import STARTS, OnPolicyConfig  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,7 +202,8 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
     from orbdistill.export.package import write_package
     from orbdistill.models import load_student
     from orbdistill.packages import read_card
-    from orbdistill.pipeline import _teacher, fit_domain, load_config
+    from orbdistill.distill_config import load_distill_config as load_config, teacher_from_config as _teacher
+    from orbdistill.models.domain import fit_domain
     from orbdistill.training.trainer import TrainConfig, Trainer, evaluate, evaluate_by_group
 
     cfg = load_config(source)

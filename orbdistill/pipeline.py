@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-from orbdistill.distill_config import load_distill_config
+from orbdistill.distill_config import load_distill_config, teacher_from_config
+from orbdistill.models.domain import fit_domain  # noqa: F401  (part of this module's API)
 from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
 from orbdistill.data.generate import GenerateConfig, domain_summary, generate, read_frames
 from orbdistill.training.trainer import TrainConfig, Trainer, evaluate, evaluate_by_group
@@ -41,11 +42,7 @@ def load_config(source: Union[str, os.PathLike, dict]) -> dict:
 
 
 def _teacher(cfg: dict):
-    from orbdistill.teachers import load_teacher
-
-    t = cfg["teacher"]
-    kwargs = {"precision": t["precision"]} if t.get("precision") else {}
-    return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
+    return teacher_from_config(cfg)
 
 
 def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None, client=None) -> dict:
@@ -97,16 +94,6 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
         log_fn(f"resumed training at epoch {trainer.epoch}")
     best = trainer.fit(max_epochs=max_epochs, log_fn=log_fn)
     return best, trainer, samples
-
-
-def fit_domain(model, train_samples, held_out_samples):
-    """The out-of-domain signal of ``model``: Gaussians on its training atoms' features,
-    calibrated on held-out frames (:mod:`orbdistill.models.domain`)."""
-    from orbdistill.models.domain import DomainModel, calibrate, sample_features
-
-    feats, numbers = sample_features(model, train_samples)
-    domain = DomainModel.fit(feats, numbers)
-    return domain, calibrate(model, domain, held_out_samples)
 
 
 def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None, log_fn=print) -> dict:

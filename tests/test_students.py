@@ -360,7 +360,7 @@ def test_skin_npt_trajectory_equals_the_rebuild_every_step_one(barostat):
         stats[skin] = atoms.calc.neighbour_list_stats
     np.testing.assert_allclose(traj[0.5][0], traj[0.0][0], atol=1e-8)
     np.testing.assert_allclose(traj[0.5][1], traj[0.0][1], atol=1e-8)
-    assert abs(traj[0.0][2] - 1) > 0.005  # the cell did change
+    assert abs(traj[0.0][2] - 1) > 0.001  # the cell did change (0.2 % with the coverage-trained package)
     assert 1 < stats[0.5]["builds"] < stats[0.5]["calls"] / 5  # rebuilt when needed, not every step
 
 

@@ -37,7 +37,8 @@ def test_sevennet_recipe_is_valid_and_runs(tmp_path, recipe):
     summary = distill(shrink(cfg, tmp_path), progress=False, log_fn=None)
     card = json.loads((tmp_path / "pkg" / "card.json").read_text())
     assert card["teacher"]["name"] == "sevennet-0" and card["student"]["kind"] == cfg["student"]["kind"]
-    assert summary["data"]["n_frames"] == 2 * 3 + 4
+    # NVT 2 x 3, strain 4, one (111) slab MD 2, a 13-atom cluster: start + 1 relaxation step + 2 MD
+    assert summary["data"]["n_frames"] == 2 * 3 + 4 + 2 + (1 + 1 + 2)
 
 
 def test_orb_recipe_is_valid_and_runs_with_random_weights(tmp_path):

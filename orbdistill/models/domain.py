@@ -127,3 +127,12 @@ def calibrate(model, domain: DomainModel, held_out, quantile: float = 0.99, marg
     return {"threshold": threshold, "quantile": quantile, "margin": margin, "n_frames": len(scores),
             "held_out_flagged": float((scores > threshold).mean()),
             "held_out_score_median": float(np.median(scores)), "held_out_score_max": float(scores.max())}
+
+
+def fit_domain(model, train_samples, held_out_samples):
+    """The out-of-domain signal of ``model``: Gaussians on its training atoms' features,
+    calibrated on held-out frames. Returns (DomainModel, calibration dict)."""
+    feats, numbers = sample_features(model, train_samples)
+    domain = DomainModel.fit(feats, numbers)
+    return domain, calibrate(model, domain, held_out_samples)
+
