@@ -92,17 +92,14 @@ def explore(calc, atoms, temperature_k: float, cfg: OnPolicyConfig, seed: int = 
     """
     from ase import units
     from ase.md.bussi import Bussi
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
+    from orbdistill.data.generate import _init_velocities
     from orbdistill.graph import min_pair_distance
 
     a = atoms.copy()
     a.calc = calc
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(a, temperature_K=temperature_k, rng=rng)
-    Stationary(a)
-    if not a.pbc.any():
-        ZeroRotation(a)
+    _init_velocities(a, temperature_k, rng)
     dyn = Bussi(a, timestep=cfg.timestep_fs * units.fs, temperature_K=temperature_k, taut=100 * units.fs, rng=rng)
     frames, scores, failed, done = [], [], None, 0
 
@@ -168,6 +165,11 @@ def _write_frames(path: Path, frames) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp, frames, format="extxyz")
     os.replace(tmp, path)
+
+
+def _card_without_identity(card: dict) -> dict:
+    """A card's content without what :func:`write_package` sets again for new weights."""
+    return {k: v for k, v in card.items() if k not in ("name", "weights_sha256", "exports", "domain", "created")}
 
 
 def _label_frames(frames, teacher, gcfg, round_index: int) -> tuple:
@@ -309,9 +311,7 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         metrics = evaluate(best, held_s, dtype=tcfg.dtype)
         metrics["by_group"] = evaluate_by_group(best, held_s, dtype=tcfg.dtype)
         domain, ood = fit_domain(best, train_s, held_s)
-        card = dict(read_card(package))
-        for key in ("name", "weights_sha256", "exports", "domain", "created"):
-            card.pop(key, None)
+        card = _card_without_identity(read_card(package))
         card["metrics"] = {**metrics, "held_out": "the distillation's held-out trajectories"}
         card["onpolicy"] = state["rounds"] + [dict(entry, new_frame_errors_before=before, new_frame_errors_after=after)]
         out = work / "onpolicy" / f"round-{r:02d}" / "package"
@@ -339,9 +339,7 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         card = read_card(last)
         domain = DomainModel.from_state(safe_torch_load(last / DOMAIN_FILE))
         info = card.get("domain", {}).get("ood")
-        card["onpolicy"] = state["rounds"]
-        for key in ("name", "weights_sha256", "exports", "domain", "created"):
-            card.pop(key, None)
+        card = dict(_card_without_identity(card), onpolicy=state["rounds"])
         write_package(best, package, card, config=cfg, domain=domain,
                       domain_info={k: v for k, v in (info or {}).items() if k not in ("method", "file", "weights_sha256")})
         state["installed"] = str(last)

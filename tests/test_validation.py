@@ -334,7 +334,9 @@ def test_phonopy_frequencies_equal_ase_phonons_and_obey_the_acoustic_sum_rule(tm
     ph.run()
     ph.read(acoustic=True)
     ase_ev = ph.band_structure(path.kpts)  # eV
-    ase_thz = np.sort(ase_ev, axis=1) / 4.135667696e-3  # h = 4.1357 meV/THz
+    from ase import units
+
+    ase_thz = np.sort(ase_ev, axis=1) / (units._hplanck / units._e * 1e12)  # E = h nu: eV -> THz
     np.testing.assert_allclose(np.sort(ours["qpoint_frequencies_thz"], axis=1), ase_thz, atol=0.05)
     # Γ: the three acoustic modes at zero (acoustic sum rule); no imaginary mode anywhere
     assert np.abs(ours["qpoint_frequencies_thz"][0]).max() < 1e-3
@@ -362,3 +364,25 @@ def test_surface_energies_of_fcc_facets_are_ordered_and_converged():
         gamma[miller] = thick
     # the close-packed facet is the cheapest, the open (110) the dearest (broken bonds: 3, 4, 6 per atom)
     assert 0.5 < gamma[(1, 1, 1)] < gamma[(1, 0, 0)] < gamma[(1, 1, 0)] < 2.0
+
+
+def test_phonons_of_a_two_element_crystal_equal_ase_phonons(tmp_path):
+    """Masses and the primitive cell of a two-atom basis: EMT NiAl (B2) at Γ, X, M, R against
+    ASE's own phonons. EMT makes B2 NiAl unstable at M (-2.23 THz in both): an imaginary
+    mode is reported as a negative frequency, not hidden."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.phonons import Phonons
+
+    from orbdistill.validation.phonons import phonons
+    from orbdistill.validation.relax import relax
+
+    crystal = relax(EMT(), bulk("NiAl", "cesiumchloride", a=2.88), fmax=1e-5, steps=300)["atoms"]
+    path = crystal.cell.bandpath("GXMR", npoints=0)
+    ours = phonons(EMT(), crystal, min_length=9.0, mesh=4, qpoints_cartesian=path.kpts @ crystal.cell.reciprocal())
+    ph = Phonons(crystal, EMT(), supercell=(3, 3, 3), delta=0.01, name=str(tmp_path / "ase-phonons"))
+    ph.run()
+    ph.read(acoustic=True)
+    ase_thz = np.sort(ph.band_structure(path.kpts), axis=1) / (units._hplanck / units._e * 1e12)
+    np.testing.assert_allclose(np.sort(ours["qpoint_frequencies_thz"], axis=1), ase_thz, atol=0.01)
+    assert ours["min_frequency_thz"] < -2.0

@@ -32,18 +32,6 @@ SEED_KINDS = ("bulk", "molecular", "slab", "molecule")
 # --------------------------------------------------------------------------------------
 
 
-def _bond_components(atoms: Atoms, scale: float = 1.2) -> np.ndarray:
-    """Connected components of the covalent-radius bond graph (``scale`` x sum of radii)."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=scale))
-    n = len(atoms)
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
-
-
 def vacuum_axis(atoms: Atoms, min_gap: float = 5.0) -> Optional[int]:
     """The periodic cell axis along which the atoms leave an empty gap of at least
     ``min_gap`` Å (a slab in a 3D-periodic cell), or None."""
@@ -77,48 +65,20 @@ def seed_kind(atoms: Atoms) -> str:
     if not atoms.pbc.all() or vacuum_axis(atoms) is not None:
         return "slab"
     # many small bonded units that do not span the cell: molecules
-    comp = _bond_components(atoms)
-    sizes = np.bincount(comp)
-    if len(sizes) > 1 and sizes.max() <= 30 and _molecules_are_finite(atoms, comp):
+    _, mol, finite = _unwrap_bonded_units(atoms)
+    sizes = np.bincount(mol)
+    if len(sizes) > 1 and sizes.max() <= 30 and finite:
         return "molecular"
     return "bulk"
 
 
-def _molecules_are_finite(atoms: Atoms, comp: np.ndarray) -> bool:
-    """True if no bonded unit connects to its own periodic image (a finite molecule)."""
+def _unwrap_bonded_units(atoms: Atoms) -> Tuple[Atoms, np.ndarray, bool]:
+    """One walk over the covalent-radius bond graph (1.2 x the sum of radii): a copy with
+    every bonded unit unwrapped, the unit index of each atom, and whether every unit is
+    finite (no unit bonded to its own periodic image: after unwrapping, every bond vector
+    equals the difference of the unwrapped positions)."""
     from ase.neighborlist import natural_cutoffs, neighbor_list
 
-    i, j, shift = neighbor_list("ijS", atoms, natural_cutoffs(atoms, mult=1.2))
-    # a unit is infinite when a path returns to an atom with a lattice shift: check by
-    # unwrapping each unit with a breadth-first search and looking for inconsistent shifts
-    n = len(atoms)
-    image = np.full((n, 3), np.iinfo(np.int64).min, dtype=np.int64)
-    order = np.argsort(i, kind="stable")
-    i, j, shift = i[order], j[order], shift[order]
-    starts = np.searchsorted(i, np.arange(n + 1))
-    for root in range(n):
-        if image[root, 0] != np.iinfo(np.int64).min:
-            continue
-        image[root] = 0
-        stack = [root]
-        while stack:
-            a = stack.pop()
-            for k in range(starts[a], starts[a + 1]):
-                b, s = j[k], image[a] + shift[k]
-                if image[b, 0] == np.iinfo(np.int64).min:
-                    image[b] = s
-                    stack.append(b)
-                elif not np.array_equal(image[b], s):
-                    return False
-    return True
-
-
-def whole_molecules(atoms: Atoms) -> Tuple[Atoms, np.ndarray]:
-    """A copy of a molecular cell with each molecule unwrapped (whole, no bond crossing the
-    cell boundary) and the molecule index of every atom."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-
-    out = atoms.copy()
     i, j, d = neighbor_list("ijD", atoms, natural_cutoffs(atoms, mult=1.2))
     n = len(atoms)
     pos = atoms.positions.copy()
@@ -141,7 +101,16 @@ def whole_molecules(atoms: Atoms) -> Tuple[Atoms, np.ndarray]:
                     pos[b] = pos[a] + d[k]
                     stack.append(b)
         m += 1
+    finite = bool(np.allclose(pos[j] - pos[i], d, atol=1e-6))
+    out = atoms.copy()
     out.positions = pos
+    return out, mol, finite
+
+
+def whole_molecules(atoms: Atoms) -> Tuple[Atoms, np.ndarray]:
+    """A copy of a molecular cell with each molecule unwrapped (whole, no bond crossing the
+    cell boundary) and the molecule index of every atom."""
+    out, mol, _ = _unwrap_bonded_units(atoms)
     return out, mol
 
 
@@ -339,8 +308,7 @@ def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
 # --------------------------------------------------------------------------------------
 
 
-def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: bool = False,
-                 rng: Optional[np.random.Generator] = None) -> Atoms:
+def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: bool = False) -> Atoms:
     """A non-periodic cluster of about ``n_atoms`` atoms cut from the bulk around an atom
     (the ``n_atoms`` atoms nearest to it; for molecular seeds, the whole molecules nearest
     to it), in a box with ``vacuum`` Å around it.
@@ -352,7 +320,6 @@ def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: boo
     """
     from orbdistill.structures import supercell
 
-    rng = rng or np.random.default_rng(0)
     big = supercell(seed, max(8 * n_atoms, 64), at_least=True)
     mol = None
     if molecular:

@@ -372,7 +372,7 @@ def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> 
     if proto == "defect":
         return make_defect(supercell(seed, task["size"], at_least=False), task["defect"], rng)
     if proto == "cluster":
-        return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular", rng=rng)
+        return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular")
     if proto == "volume":
         base = supercell(seed, task["size"], at_least=False)
         if task["seed_kind"] == "molecular":  # move whole molecules, keep their shape

@@ -79,7 +79,7 @@ def phonons(calc, atoms, min_length: float = 10.0, displacement: float = 0.01, m
     prim = ph.primitive
     prim_atoms = Atoms(prim.symbols, cell=prim.cell, scaled_positions=prim.scaled_positions, pbc=True)
     path = prim_atoms.cell.bandpath(npoints=band_points)
-    # split the path at its breaks (",") into segments phonopy draws separately
+    # one q-point list for the whole path; a break in it (",") is a zero-length jump on the axis
     x, special_x, labels = path.get_linear_kpoint_axis()
     ph.run_band_structure([path.kpts])
     band = ph.get_band_structure_dict()

@@ -28,6 +28,8 @@ from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence,
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from ase import units
+
 from orbdistill.config import build_config, config_dataclass
 from orbdistill.packages import file_sha256
 from orbdistill.structures import reference_crystal, supercell
@@ -390,7 +392,7 @@ def _section_phonons(run: ValidationRun) -> None:
     run.save()
 
 
-EV_A2_TO_J_M2 = 16.02176634  # 1 eV/Å² in J/m²
+EV_A2_TO_J_M2 = units._e * 1e20  # 1 eV/Å² in J/m² (16.02)
 
 
 def surface_energy(calc, bulk, slab, fmax: float = 0.02, steps: int = 300) -> dict:
