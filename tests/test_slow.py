@@ -29,8 +29,13 @@ def test_full_cu_recipe_at_reduced_size_learns_sevennet(tmp_path):
     cfg["work_dir"], cfg["package_dir"] = str(tmp_path / "run"), str(tmp_path / "pkg")
     summary = distill(cfg, progress=False, log_fn=None)
     m = summary["metrics"]
-    assert set(summary["data"]["protocols"]) >= {"nvt", "strain", "rattle_relax"}
-    assert m["energy_mae_mev_atom"] < 5 and m["force_mae_mev_a"] < 60 and m["stress_mae_gpa"] < 0.5
+    assert set(summary["data"]["protocols"]) >= {"nvt", "strain", "rattle_relax", "surface", "cluster"}
+    # the bounds were set for bulk data; the coverage groups are reported beside them
+    bulk = m["by_group"]["bulk"]
+    assert bulk["energy_mae_mev_atom"] < 5 and bulk["force_mae_mev_a"] < 60 and bulk["stress_mae_gpa"] < 0.5, m["by_group"]
+    for group in ("surface", "defect", "cluster"):
+        if group in m["by_group"]:  # whole trajectories: a group may have none in the test split
+            assert m["by_group"][group]["force_mae_mev_a"] < 3 * max(bulk["force_mae_mev_a"], 20.0), m["by_group"]
     from ase import units
     from ase.build import bulk
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
