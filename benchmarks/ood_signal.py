@@ -77,7 +77,8 @@ def in_domain_frames(package: Path, data_dir, n: int, a0: float):
 
         cfg = json.loads((package / "config.json").read_text())
         frames = read_frames(data_dir)
-        _, val, _ = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0))
+        _, val, _ = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0),
+                                        method=cfg.get("split_method", "greedy"))
         # the validation trajectories: fitted neither by the domain model (training frames)
         # nor by its calibration (test frames)
         idx = np.random.default_rng(0).choice(len(val), size=min(n, len(val)), replace=False)

@@ -21,7 +21,8 @@ def main(config_path):
     cfg = load_config(config_path)
     work = Path(cfg["work_dir"])
     frames = read_frames(work / "data")
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0))
+    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
+                                                 method=cfg.get("split_method", "stratified"))
     model = load_student(work / "train" / "best.pt")
     test = frames_to_samples(test_f, model.cutoff, model.max_neighbors)
     metrics = evaluate(model, test, return_predictions=True)

@@ -72,7 +72,7 @@ def cmd_generate(args) -> int:
     from orbdistill.pipeline import run_generate
 
     _threads(args.threads)
-    m = run_generate(_config_with_executor(args))
+    m = run_generate(_config_with_executor(args), extend=args.extend)
     print(f"{m['n_frames']} frames ({m['n_rejected']} rejected) in {len(m['tasks'])} trajectories; "
           f"complete: {m['complete']}")
     return 0
@@ -92,7 +92,7 @@ def cmd_distill(args) -> int:
     from orbdistill.pipeline import distill
 
     _threads(args.threads)
-    summary = distill(_config_with_executor(args))
+    summary = distill(_config_with_executor(args), extend=args.extend)
     if summary.get("package"):  # rank 0 (or a plain process) packaged the student
         print(json.dumps({k: summary[k] for k in ("package", "timing")}, indent=1))
     return 0
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="where teacher labelling runs (default: the config's, else local)")
             c.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); implies dask")
             c.add_argument("--workers", type=int, default=None, help="Dask LocalCluster workers; implies dask")
+            c.add_argument("--extend", action="store_true",
+                           help="the config only adds values (cluster sizes, temperatures, facets, volume scales...) "
+                                "to existing data: label the new tasks, keep the finished ones")
         c.set_defaults(func=fn)
 
     x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX (forces and stress inside)")

@@ -18,8 +18,8 @@ from typing import Optional, Union
 
 from orbdistill.config import ConfigError, _format_pydantic, build_config
 
-TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "work_dir", "package_dir", "device", "threads",
-            "executor", "onpolicy")
+TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "split_method", "work_dir", "package_dir",
+            "device", "threads", "executor", "onpolicy")
 TEACHER_KEYS = ("name", "weights", "precision")
 STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
 
@@ -140,6 +140,11 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
             and min(split) >= 0 and split[0] > 0 and split[1] > 0 and abs(sum(split) - 1) < 1e-6):
         errors.append(f"split = {split!r}: three fractions (train, validation, test) >= 0 summing to 1, "
                       "with train and validation > 0")
+    from orbdistill.data.dataset import SPLIT_METHODS
+
+    split_method = raw.get("split_method", "stratified")
+    if split_method not in SPLIT_METHODS:
+        errors.append(f"split_method = {split_method!r}: one of {', '.join(SPLIT_METHODS)}")
     threads = raw.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         errors.append(f"threads = {threads!r}: must be a whole number >= 1")
@@ -162,6 +167,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         "executor": dataclasses.asdict(sections["executor"]),
         "onpolicy": dataclasses.asdict(sections["onpolicy"]),
         "split": [float(x) for x in split],
+        "split_method": split_method,
         "work_dir": _resolve(raw.get("work_dir") or f"runs/{name}", base),
         "package_dir": _resolve(raw.get("package_dir") or f"calculators/{name}", base),
         "device": device,

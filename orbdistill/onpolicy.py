@@ -234,7 +234,9 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
 
     # the original split, redone exactly as distill did it
     frames = read_frames(work / "data")
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0))
+    used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else {}
+    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
+                                                 method=used.get("split_method", "greedy"))  # as the package's distill
     held_out_f = test_f or val_f
 
     current = package if not state["rounds"] else Path(state["rounds"][-1].get("package") or package)
@@ -310,7 +312,10 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         after = evaluate(best, to_samples(round_new), dtype=tcfg.dtype) if round_new else None
         metrics = evaluate(best, held_s, dtype=tcfg.dtype)
         metrics["by_group"] = evaluate_by_group(best, held_s, dtype=tcfg.dtype)
-        domain, ood = fit_domain(best, train_s, held_s)
+        # calibrated on every frame it was not trained on: the held-out trajectories and the
+        # on-policy validation frames (without the latter, the threshold would describe the
+        # bulk alone and keep flagging the surfaces and clusters the rounds brought in)
+        domain, ood = fit_domain(best, train_s, held_s + to_samples(new_val))
         card = _card_without_identity(read_card(package))
         card["metrics"] = {**metrics, "held_out": "the distillation's held-out trajectories"}
         card["onpolicy"] = state["rounds"] + [dict(entry, new_frame_errors_before=before, new_frame_errors_after=after)]

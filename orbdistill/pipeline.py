@@ -45,14 +45,16 @@ def _teacher(cfg: dict):
     return teacher_from_config(cfg)
 
 
-def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None, client=None) -> dict:
+def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Optional[int] = None, client=None,
+                 extend: bool = False) -> dict:
     """Label the data of ``cfg`` (resuming), on the executor the config names, or on the Dask
-    ``client`` given."""
+    ``client`` given. ``extend``: keep the finished tasks of a folder whose configuration
+    only gained values (see :func:`orbdistill.data.generate.generate`)."""
     cfg = load_config(cfg)
     teacher = teacher or _teacher(cfg)
     gcfg = GenerateConfig.from_dict(cfg.get("generate", {}))
     return generate(gcfg, teacher, Path(cfg["work_dir"]) / "data", progress=progress, max_tasks=max_tasks,
-                    executor=cfg.get("executor"), client=client)
+                    executor=cfg.get("executor"), client=client, extend=extend)
 
 
 def _student(cfg: dict, frames, teacher=None):
@@ -69,16 +71,22 @@ def _student(cfg: dict, frames, teacher=None):
     return build_student(kind, species, **overrides)
 
 
-def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None, log_fn=print, teacher=None):
+def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None, log_fn=print, teacher=None,
+              new_data_restarts: bool = False):
     """Train on the generated data of ``cfg`` (resuming if a checkpoint exists).
 
+    A checkpoint made on other data is an error, or, with ``new_data_restarts`` (after
+    extending the data), moved to ``WORK/train-before-<time>`` and training starts anew.
     Returns (best model, trainer, (train, val, test) samples).
     """
+    from orbdistill.training.trainer import DataChangedError
+
     cfg = load_config(cfg)
     frames = read_frames(Path(cfg["work_dir"]) / "data")
     if not frames:
         raise ValueError(f"Empty dataset in {cfg['work_dir']}/data: generation produced no frames.")
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0))
+    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
+                                                 method=cfg.get("split_method", "stratified"))
     if not val_f:
         raise ValueError("The split left no validation trajectory: generate more trajectories or change 'split'.")
     tcfg = TrainConfig.from_dict(cfg.get("train", {}))
@@ -88,9 +96,24 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     model = _student(cfg, frames, teacher)
     samples = [frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f, test_f)]
     # a student copied from the teacher keeps the teacher's normalisation (it reproduces the teacher at epoch 0)
-    trainer = Trainer(model, samples[0], samples[1], tcfg, Path(cfg["work_dir"]) / "train", progress=progress,
+    train_dir = Path(cfg["work_dir"]) / "train"
+    trainer = Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
                       fit_normalization=not cfg["student"].get("init_from_teacher"))
-    if trainer.resume() and log_fn:
+    try:
+        resumed = trainer.resume()
+    except DataChangedError:
+        if not new_data_restarts or trainer.dist.enabled:  # under torchrun: delete the folder by hand
+            raise
+        old = train_dir.with_name(f"train-before-{time.strftime('%Y%m%d-%H%M%S')}")
+        train_dir.rename(old)
+        if log_fn:
+            log_fn(f"the data changed: the earlier training moved to {old}; training anew")
+        torch.manual_seed(tcfg.seed)
+        model = _student(cfg, frames, teacher)
+        trainer = Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
+                          fit_normalization=not cfg["student"].get("init_from_teacher"))
+        resumed = False
+    if resumed and log_fn:
         log_fn(f"resumed training at epoch {trainer.epoch}")
     best = trainer.fit(max_epochs=max_epochs, log_fn=log_fn)
     return best, trainer, samples
@@ -109,7 +132,8 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     seed = seed if seed is not None else used.get("train", {}).get("seed", 0)
     model = load_student(package)
     frames = read_frames(data_dir)
-    train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed)
+    # the split the package was trained with (packages older than split_method: greedy)
+    train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed, method=used.get("split_method", "greedy"))
     train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, test_f or val_f))
     domain, ood = fit_domain(model, train_s, held_s)
     ood["fitted_on"] = f"{len(train_s)} training frames of {data_dir}"
@@ -120,7 +144,7 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     return ood
 
 
-def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
+def distill(source, progress: bool = True, log_fn=print, client=None, extend: bool = False) -> dict:
     """Generate, train, evaluate on held-out trajectories and package. Returns a summary."""
     from orbdistill.export.package import write_package
     from orbdistill.training.plots import plot_learning_curves, plot_parity
@@ -140,7 +164,7 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     dist = context_from_env(cfg["train"]["device"])  # under torchrun: rank 0 labels, all ranks train
     teacher = _teacher(cfg)
     if dist.is_main:
-        manifest = run_generate(cfg, teacher=teacher, progress=progress, client=client)
+        manifest = run_generate(cfg, teacher=teacher, progress=progress, client=client, extend=extend)
     dist.barrier()
     if not dist.is_main:
         log_fn = None
@@ -149,7 +173,8 @@ def distill(source, progress: bool = True, log_fn=print, client=None) -> dict:
     if log_fn:
         log_fn(f"data: {manifest['n_frames']} frames ({manifest['n_rejected']} rejected) in {timing['generate_s']:.0f} s")
     t1 = time.perf_counter()
-    best, trainer, (train_s, val_s, test_s) = run_train(cfg, progress=progress, log_fn=log_fn, teacher=teacher)
+    best, trainer, (train_s, val_s, test_s) = run_train(cfg, progress=progress, log_fn=log_fn, teacher=teacher,
+                                                        new_data_restarts=extend)
     timing["train_s"] = time.perf_counter() - t1
     if not dist.is_main:
         return {"rank": dist.rank, "package": None, "timing": {k: round(v, 1) for k, v in timing.items()}}

@@ -233,3 +233,43 @@ def test_data_made_before_a_new_generate_option_still_resume(tmp_path):
     assert generate(GenerateConfig(**base), teacher, tmp_path, progress=False)["n_frames"] == 2
     with pytest.raises(ValueError, match="another configuration"):
         generate(GenerateConfig(**base, hvp=True), teacher, tmp_path, progress=False)
+
+
+def test_a_data_folder_is_extended_with_new_values_and_keeps_its_finished_tasks(tmp_path):
+    """Adding cluster sizes and temperatures labels only the new tasks; the finished ones are
+    kept as they were, and the result equals a fresh run of the extended configuration."""
+    teacher = load_teacher("emt")
+    base = dict(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[600.0], nvt_frames=2,
+                nvt_equilibration_steps=2, strain_frames=0, rattle_relax_frames=0, relax_trajectories=0,
+                coverage=["cluster"], cluster_sizes=[13], cluster_temperatures_k=[300.0], cluster_frames=2,
+                cluster_relax_steps=1)
+    data = tmp_path / "data"
+    first = generate(GenerateConfig(**base), teacher, data, progress=False)
+    files = {tid: (data / v["file"]).read_bytes() for tid, v in first["tasks"].items()}
+    wider = GenerateConfig(**{**base, "cluster_sizes": [13, 19], "nvt_temperatures_k": [300.0, 600.0]})
+    with pytest.raises(ValueError, match="--extend"):
+        generate(wider, teacher, data, progress=False)
+    extended = generate(wider, teacher, data, progress=False, extend=True)
+    assert extended["complete"] and len(extended["tasks"]) == 4
+    assert extended["extensions"][-1]["added"] == {"cluster_sizes": [19], "nvt_temperatures_k": [300.0]}
+    for tid, content in files.items():  # finished tasks untouched, under their ids
+        assert (data / extended["tasks"][tid]["file"]).read_bytes() == content
+    # the same frames as a fresh run of the extended configuration (same per-task seeds)
+    fresh = read_frames(generate(wider, teacher, tmp_path / "fresh", progress=False) and tmp_path / "fresh")
+    grown = read_frames(data)
+    key = lambda a: (a.info["protocol"], len(a), a.info.get("temperature_K"), a.info["frame_index"])  # noqa: E731
+    assert sorted(map(key, grown)) == sorted(map(key, fresh))
+    by_key = {key(a): a for a in fresh}
+    for a in grown:
+        np.testing.assert_allclose(a.positions, by_key[key(a)].positions, atol=1e-12)
+    assert len({a.info["traj_id"] for a in grown}) == 4
+    # resuming the extended folder plans nothing new
+    again = generate(wider, teacher, data, progress=False, extend=True)
+    assert again["tasks"] == extended["tasks"]
+    # what cannot extend: a changed setting, a removed value
+    with pytest.raises(ValueError, match="generate.timestep_fs changed"):
+        generate(GenerateConfig(**{**base, "cluster_sizes": [13, 19], "nvt_temperatures_k": [300.0, 600.0],
+                                   "timestep_fs": 1.0}), teacher, data, progress=False, extend=True)
+    with pytest.raises(ValueError, match="lost"):
+        generate(GenerateConfig(**{**base, "cluster_sizes": [19], "nvt_temperatures_k": [300.0, 600.0]}), teacher,
+                 data, progress=False, extend=True)

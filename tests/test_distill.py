@@ -48,7 +48,7 @@ def test_end_to_end_distillation_learns_the_teacher(tmp_path):
     assert json.loads((tmp_path / "run" / "config_used.json").read_text())["name"] == "cu-emt-test"
     # held-out force error far below the spread of the forces
     frames = read_frames(tmp_path / "run" / "data")
-    _, _, test = split_by_trajectory(frames, (0.7, 0.15, 0.15), seed=0)
+    _, _, test = split_by_trajectory(frames, (0.7, 0.15, 0.15), seed=0, method="stratified")
     f_std = np.concatenate([a.get_forces().ravel() for a in test]).std()
     assert summary["metrics"]["force_mae_mev_a"] / 1e3 < 0.2 * f_std
     # the package is a working ASE calculator that agrees with the teacher on a new frame
@@ -71,10 +71,12 @@ def test_end_to_end_distillation_learns_the_teacher(tmp_path):
     bulk_scores = []
     for frame in test:
         a = frame.copy()
-        a.calc = StudentCalculator(pkg, on_extrapolation="raise")
-        a.get_potential_energy()  # in the domain: no error
+        a.calc = StudentCalculator(pkg, on_extrapolation="ignore")
+        a.get_potential_energy()
         bulk_scores.append(a.calc.results["max_uncertainty"])
         assert a.calc.results["uncertainty"].shape == (len(a),)
+    # in the domain: the calibration (1.1 x the 99th percentile) flags at most a few per cent
+    assert np.mean(np.array(bulk_scores) > ood["threshold"]) <= 0.05
     slab = fcc111("Cu", (3, 3, 4), a=3.61, vacuum=8.0)
     slab.rattle(0.02, seed=1)
     slab.calc = StudentCalculator(pkg)
@@ -185,6 +187,27 @@ def test_training_resumes_exactly_from_its_checkpoint(tmp_path):
     assert t2.epoch == 2
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=k)
+
+
+def test_a_checkpoint_of_other_data_is_refused_or_set_aside_after_an_extension(tmp_path):
+    """Training never resumes a checkpoint made on other data: after extending the data,
+    ``distill --extend`` moves the old training aside and trains on everything."""
+    from orbdistill.training.trainer import DataChangedError
+
+    cfg = small_config(tmp_path, train={"epochs": 1, "batch_size": 8, "warmup_epochs": 1})
+    cfg["generate"].update(nvt_frames=4, strain_frames=12, rattle_relax_frames=8)
+    first = distill(cfg, progress=False, log_fn=None)
+    cfg["generate"]["nvt_temperatures_k"] = [300.0, 700.0, 1000.0, 1300.0]
+    with pytest.raises(ValueError, match="--extend"):
+        distill(cfg, progress=False, log_fn=None)
+    run_generate(cfg, progress=False, extend=True)
+    with pytest.raises(DataChangedError, match="other data"):
+        run_train(cfg, progress=False, log_fn=None)
+    summary = distill(cfg, progress=False, log_fn=None, extend=True)
+    assert len(list((tmp_path / "run").glob("train-before-*"))) == 1
+    n_train = torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)["data"]["n_train"]
+    assert n_train == summary["data"]["n_train"]  # the split of the grown data (trajectories move between splits)
+    assert summary["data"]["n_frames"] == len(read_frames(tmp_path / "run" / "data")) > first["data"]["n_frames"]
 
 
 def test_unreadable_seed_file_is_named(tmp_path):

@@ -52,7 +52,8 @@ def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, 
     no_rounds = dict(cfg, onpolicy={"rounds": 0})
     distill(no_rounds, progress=False, log_fn=None)
     pkg = Path(cfg["package_dir"])
-    start_sha = json.loads((pkg / "card.json").read_text())["weights_sha256"]
+    start_card = json.loads((pkg / "card.json").read_text())
+    start_sha = start_card["weights_sha256"]
 
     # 1) interrupted while training round 1: the labelled frames survive
     def crash(self, *a, **k):
@@ -88,6 +89,10 @@ def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, 
     card = json.loads((pkg / "card.json").read_text())
     assert card["weights_sha256"] != start_sha and len(card["onpolicy"]) == len(state["rounds"])
     assert (pkg / "domain.pt").exists() and card["domain"]["ood"]["threshold"] > 0
+    # the threshold is calibrated on every frame the student was not trained on: the held-out
+    # trajectories and the on-policy validation frames (every fifth)
+    n_new = sum(r["labelled"] for r in state["rounds"])
+    assert card["domain"]["ood"]["n_frames"] == start_card["domain"]["ood"]["n_frames"] + n_new // 5
     # less of the student's own slab and cluster MD is out of its domain after the rounds
     flagged = lambda rnd: np.mean([v["flagged_fraction"] for v in rnd["runs"].values()])  # noqa: E731
     assert flagged(state["rounds"][1]) < flagged(r1)

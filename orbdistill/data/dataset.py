@@ -28,6 +28,7 @@ class Sample:
     hvp_v: Optional[np.ndarray] = None   # [N, 3] probe direction of the Hessian-vector product
     hvp: Optional[np.ndarray] = None     # [N, 3] teacher H v (eV/Å^2 x Å), see orbdistill.data.hessian
     hvp_epsilon: float = 0.0
+    weight: float = 1.0                  # this frame's weight in the training loss (see TrainConfig.group_balance)
 
     @property
     def n_atoms(self) -> int:
@@ -67,7 +68,8 @@ def frames_to_samples(frames: Sequence, cutoff: float, max_neighbors: Optional[i
 
 def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tuple[AtomGraph, Dict[str, torch.Tensor]]:
     """Batch samples: (graph, targets) with targets ``energy`` [B], ``forces`` [N, 3],
-    ``stress`` [B, 3, 3], ``has_stress`` [B] (bool), ``n_atoms`` [B]."""
+    ``stress`` [B, 3, 3], ``has_stress`` [B] (bool), ``n_atoms`` [B], ``weight`` [B] (loss
+    weight of each frame)."""
     graph = batch_graphs([s.graph for s in samples], dtype=dtype, device=device)
 
     def t(x, dt=None):
@@ -80,6 +82,7 @@ def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tupl
         "stress": t(stress, dtype),
         "has_stress": t(np.array([s.stress is not None for s in samples])),
         "n_atoms": graph.n_atoms,
+        "weight": t(np.array([s.weight for s in samples]), dtype),
     }
     if any(s.hvp is not None for s in samples):  # Hessian-vector products (per atom; zeros where absent)
         zeros = [np.zeros((s.n_atoms, 3)) for s in samples]
@@ -91,13 +94,30 @@ def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tupl
     return graph, targets
 
 
-def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int = 0):
+#: how trajectories are spread over train/validation/test (recorded in each package's config)
+SPLIT_METHODS = ("stratified", "greedy")
+
+
+def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int = 0, method: str = "greedy"):
     """Split frames into (train, validation, test) by whole trajectories (``info['traj_id']``),
     so that no split sees frames correlated with another split's.
 
     Trajectories of each protocol are spread over the splits separately, so that every
-    split sees every protocol when there are enough trajectories.
+    split sees every protocol when there are enough trajectories:
+
+    * ``"stratified"`` (what new distillations use): each protocol's trajectories are
+      shuffled with their own random stream (``seed`` and the protocol's name) and cut in the
+      proportions ``fractions``, every split with a non-zero share getting at least one when
+      the protocol has enough; a protocol with fewer trajectories gives its first to
+      training and its second to the test set. Adding trajectories to one protocol leaves
+      the others' assignment unchanged.
+    * ``"greedy"`` (packages made before the stratified split): each trajectory goes to the
+      split furthest below its share of *all* frames. Protocols of short trajectories can
+      end up mostly in one split (4 of 8 volume scans in validation, say); kept so that
+      existing packages are recalibrated on their own held-out frames.
     """
+    if method not in SPLIT_METHODS:
+        raise ValueError(f"split method {method!r}: choose from {SPLIT_METHODS}")
     if not frames:
         raise ValueError("Empty dataset: no frames to split.")
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
@@ -108,6 +128,12 @@ def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int =
     by_protocol: Dict[str, list] = {}
     for tid in sorted(groups):
         by_protocol.setdefault(str(groups[tid][0].info.get("protocol", "?")), []).append(tid)
+    if method == "stratified":
+        assign = _stratified(by_protocol, fractions, seed)
+        out = tuple([f for tid in assign[k] for f in groups[tid]] for k in range(3))
+        if not out[0]:
+            raise ValueError(f"Only {len(groups)} trajectories: too few to split into train/validation/test.")
+        return out
     rng = np.random.default_rng(seed)
     assign = {0: [], 1: [], 2: []}
     counts = np.zeros(3)
@@ -130,3 +156,34 @@ def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int =
     if not out[0]:
         raise ValueError(f"Only {len(groups)} trajectories: too few to split into train/validation/test.")
     return out
+
+
+def _stratified(by_protocol: Dict[str, list], fractions, seed: int) -> Dict[int, list]:
+    import zlib
+
+    frac = np.asarray(fractions, dtype=float)
+    active = [k for k in range(3) if frac[k] > 0]
+    assign: Dict[int, list] = {0: [], 1: [], 2: []}
+    for proto in sorted(by_protocol):
+        ids = sorted(by_protocol[proto])
+        np.random.default_rng([seed, zlib.crc32(proto.encode())]).shuffle(ids)
+        n = len(ids)
+        if n < len(active):
+            order = [k for k in (0, 2, 1) if k in active]  # train, then test, then validation
+            for tid, k in zip(ids, order):
+                assign[k].append(tid)
+            continue
+        target = frac * n
+        counts = np.zeros(3, dtype=int)
+        counts[active] = np.maximum(1, np.floor(target[active])).astype(int)
+        while counts.sum() < n:  # largest remainder, training first on ties
+            k = max(active, key=lambda j: (target[j] - counts[j], j == 0))
+            counts[k] += 1
+        while counts.sum() > n:  # the minimum of one each overshot: take from the largest excess
+            k = max((j for j in active if counts[j] > 1), key=lambda j: counts[j] - target[j])
+            counts[k] -= 1
+        start = 0
+        for k in range(3):
+            assign[k].extend(ids[start: start + counts[k]])
+            start += counts[k]
+    return assign

@@ -517,8 +517,60 @@ def check_teacher_covers(teacher, seeds: List[Atoms]) -> None:
         teacher.check_species(s)
 
 
+#: generate options that name what to cover: a data folder may be extended by adding values to them
+EXTENDABLE = ("nvt_temperatures_k", "npt_pressures_gpa", "coverage", "surface_millers", "surface_temperatures_k",
+              "defect_kinds", "defect_temperatures_k", "cluster_sizes", "cluster_temperatures_k",
+              "hot_temperature_factors", "volume_scales")
+
+#: what a manifest records of a finished task besides its plan
+_RESULT_KEYS = ("file", "frames", "rejected", "deselected", "seconds")
+
+
+def _extension_changes(stored: dict, new: dict) -> dict:
+    """{option: (old, new)} when ``new`` only adds values to :data:`EXTENDABLE` options of
+    ``stored``; otherwise a ValueError naming the first option that forbids extending."""
+    changes = {}
+    for key in sorted(set(stored) | set(new)):
+        old, now = stored.get(key), new.get(key)
+        if old == now:
+            continue
+        if key not in EXTENDABLE:
+            raise ValueError(f"generate.{key} changed ({old!r} -> {now!r}); only values added to "
+                             f"{', '.join(EXTENDABLE)} can extend a data folder.")
+        missing = [v for v in (old or []) if v not in (now or [])]
+        if missing:
+            raise ValueError(f"generate.{key} lost {missing!r}; extending keeps every value the data were made with.")
+        changes[key] = (old, now)
+    return changes
+
+
+def _adopt_finished(tasks: List[dict], finished: dict) -> List[dict]:
+    """The plan ``tasks`` with the ids of the manifest's ``finished`` tasks that have the
+    same plan (a plan's ids are positions, and adding values moves them); tasks new to the
+    data get ids no finished task has."""
+    def plan(t):
+        return json.dumps({k: v for k, v in t.items() if k != "id" and k not in _RESULT_KEYS}, sort_keys=True)
+
+    by_plan = {plan(v): tid for tid, v in finished.items()}
+    used, out = set(finished), []
+    for t in tasks:
+        tid = by_plan.get(plan(t))
+        if tid is None:
+            tid, k = t["id"], 0
+            while tid in used:
+                k += 1
+                tid = f"{t['id']}-x{k}"
+        used.add(tid)
+        out.append({**t, "id": tid})
+    lost = set(finished) - {t["id"] for t in out}
+    if lost:
+        raise ValueError(f"extending would drop finished tasks {sorted(lost)[:5]}: their plan is not in the new "
+                         "configuration.")
+    return out
+
+
 def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_tasks: Optional[int] = None,
-             executor=None, client=None) -> dict:
+             executor=None, client=None, extend: bool = False) -> dict:
     """Run (or resume) data generation into ``out_dir``. Returns the manifest.
 
     Args:
@@ -529,6 +581,9 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         executor: an :class:`~orbdistill.data.executors.ExecutorConfig` (or its dict):
             "local" (default) runs the tasks here; "dask" on a Dask cluster
         client: a ``distributed.Client`` to use instead of the one ``executor`` describes
+        extend: accept a configuration that adds values to the options of :data:`EXTENDABLE`
+            (more cluster sizes, temperatures, facets, volume scales...): the finished tasks
+            are kept and only the new ones are labelled. Any other change is refused.
     """
     from .executors import ExecutorConfig, dask_client, run_on_dask
 
@@ -550,13 +605,24 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         # fields added to GenerateConfig after the data were made count at their defaults
         defaults = json.loads(json.dumps(dataclasses.asdict(GenerateConfig(seeds=cfg.seeds))))
         stored = {**{k: v for k, v in defaults.items() if k not in manifest.get("config", {})}, **manifest.get("config", {})}
-        if stored != cfg_dict:
-            raise ValueError(
-                f"{out} holds data generated with another configuration; use a new folder or the same configuration "
-                "to resume."
-            )
         if manifest.get("teacher", {}).get("name") != teacher.name:
             raise ValueError(f"{out} was generated with teacher {manifest['teacher'].get('name')!r}, not {teacher.name!r}.")
+        if stored != cfg_dict:
+            if not extend:
+                raise ValueError(
+                    f"{out} holds data generated with another configuration; use a new folder or the same configuration "
+                    "to resume (or extend it: `--extend`, when values were only added to "
+                    f"{', '.join(EXTENDABLE)})."
+                )
+            changes = _extension_changes(stored, cfg_dict)
+            tasks = _adopt_finished(tasks, manifest["tasks"])
+            manifest.setdefault("extensions", []).append(
+                {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "added": {k: [v for v in new if v not in (old or [])]
+                                                                     for k, (old, new) in changes.items()}})
+            manifest["config"] = cfg_dict
+            _atomic_write_json(manifest_path, manifest)
+        elif manifest.get("extensions"):  # resuming an extended folder: keep the ids it adopted
+            tasks = _adopt_finished(tasks, manifest["tasks"])
     else:
         manifest = {"config": cfg_dict, "teacher": teacher_desc, "tasks": {}, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     for stale in (out / "chunks").glob("*.tmp"):

@@ -58,6 +58,9 @@ class TrainConfig:
     forces_weight: NonNegativeFloat = 1.0
     stress_weight: NonNegativeFloat = 1.0
     hessian_weight: NonNegativeFloat = 0.0   # > 0: match the teacher's Hessian-vector products (data with hvp)
+    # frames of protocol group g (bulk, surface, defect, cluster, hot, volume) weigh (N / (G n_g))^group_balance
+    # in the loss: 0 weighs every frame alike, 1 gives every group the same total weight
+    group_balance: Annotated[float, Field(ge=0, le=1)] = 0.5
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     grad_clip: NonNegativeFloat = 10.0
     patience: PositiveInt = 25
@@ -90,6 +93,35 @@ def fit_element_references(samples: Sequence[Sample], species: Sequence[int]) ->
     refs = np.zeros(119)
     refs[species] = coef
     return refs
+
+
+class DataChangedError(ValueError):
+    """A training checkpoint made on other data than the run's (e.g. after extending it)."""
+
+
+def data_fingerprint(samples: Sequence[Sample]) -> str:
+    """A short hash of a training set: trajectories, sizes and energies of its frames."""
+    import hashlib
+
+    key = json.dumps([(s.traj_id, s.n_atoms, round(float(s.energy), 6)) for s in samples])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def group_weights(samples: Sequence[Sample], balance: float) -> Dict[str, float]:
+    """Loss weight of a frame of each protocol group: ``(N / (G n_g)) ** balance``, scaled so
+    that the mean weight over ``samples`` is 1 (``N`` frames in ``G`` groups, ``n_g`` in
+    group ``g``). Small groups (clusters, defects, volume scans) otherwise count for a few
+    per cent of the loss and are fitted several times worse than the bulk."""
+    from orbdistill.data.generate import PROTOCOL_GROUPS
+
+    counts: Dict[str, int] = {}
+    for s in samples:
+        g = PROTOCOL_GROUPS.get(s.protocol, s.protocol)
+        counts[g] = counts.get(g, 0) + 1
+    n, g_count = len(samples), len(counts)
+    raw = {g: (n / (g_count * c)) ** balance for g, c in counts.items()}
+    mean = sum(raw[g] * c for g, c in counts.items()) / max(n, 1)
+    return {g: w / mean for g, w in raw.items()}
 
 
 def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, float]:
@@ -134,7 +166,8 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
     """The weighted, normalised loss of a batch:
     ``w_E sum(dE/N)^2 / n_E / var_E + w_F sum(dF)^2 / n_F / var_F + w_S sum(dS)^2 / n_S / var_S``
     (+ ``w_H sum(dHv)^2 / n_H / var_Hv`` with ``hessian_weight`` and frames carrying a teacher
-    Hessian-vector product).
+    Hessian-vector product). Every squared residual is multiplied by its frame's ``weight``
+    (:func:`group_weights`).
 
     With ``dist`` (a :class:`~orbdistill.training.distributed.DistContext`), ``samples`` is
     this rank's shard of a global batch and the counts ``n`` are those of the global batch,
@@ -147,6 +180,8 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
         want_stress = bool(tgt["has_stress"].any()) and cfg.stress_weight > 0
         out = model.predict(graph, compute_forces=True, compute_stress=want_stress, training=training)
         n = tgt["n_atoms"].to(out["energy"].dtype)
+        w_frame = tgt["weight"].to(out["energy"].dtype).sqrt()   # weights multiply squared residuals
+        w_atom = w_frame[graph.batch][:, None]
         parts["de"] = (out["energy"] - tgt["energy"]) / n
         parts["df"] = out["forces"] - tgt["forces"]
         if want_stress:
@@ -156,6 +191,11 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
                            - tgt["hvp"])[tgt["has_hvp"]]
         counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds", "dh")],
                                     dtype=torch.float64)
+        weighted = {"de": parts["de"] * w_frame, "df": parts["df"] * w_atom}
+        if "ds" in parts:
+            weighted["ds"] = (out["stress"] - tgt["stress"])[tgt["has_stress"]] * w_frame[tgt["has_stress"]][:, None, None]
+        if "dh" in parts:
+            weighted["dh"] = parts["dh"] * w_atom[tgt["has_hvp"]]
     else:
         counts_local = torch.zeros(4, dtype=torch.float64)
     counts = dist.all_reduce_sum(counts_local.clone()) if dist is not None else counts_local
@@ -167,7 +207,7 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
              ("ds", cfg.stress_weight, stats["stress_std"]), ("dh", cfg.hessian_weight, stats.get("hvp_std", 1.0)))
     for k, (key, weight, std) in enumerate(terms):
         if key in parts and counts[k] > 0:
-            loss = loss + weight * (parts[key] ** 2).sum() / float(counts[k]) / std**2
+            loss = loss + weight * (weighted[key] ** 2).sum() / float(counts[k]) / std**2
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
@@ -262,6 +302,12 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.train, self.val = list(train), list(val)
+        self.group_weights = group_weights(self.train, cfg.group_balance)
+        if cfg.group_balance > 0 and len(self.group_weights) > 1:
+            from orbdistill.data.generate import PROTOCOL_GROUPS
+
+            self.train = [dataclasses.replace(s, weight=self.group_weights[PROTOCOL_GROUPS.get(s.protocol, s.protocol)])
+                          for s in self.train]
         self.progress = progress
         torch.manual_seed(cfg.seed)
         self.model = model.to(device=cfg.device, dtype=_dtype(cfg.dtype))
@@ -313,6 +359,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "best_val": self.best_val,
             "best_epoch": self.best_epoch, "history": self.history, "stats": self.stats,
             "train_config": dataclasses.asdict(self.cfg), "model_config": self.model.config.to_dict(),
+            "data": {"fingerprint": data_fingerprint(self.train), "n_train": len(self.train), "n_val": len(self.val)},
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": list(random.getstate())},
         }
 
@@ -331,6 +378,14 @@ class Trainer:
             raise ValueError(f"{exc} Delete {path} to start training over.") from exc
         if st.get("model_config") != self.model.config.to_dict():
             raise ValueError(f"Checkpoint {path} belongs to a different model configuration; use another output folder.")
+        data = st.get("data")  # checkpoints older than the fingerprint are taken as they are
+        if data and data["fingerprint"] != data_fingerprint(self.train):
+            raise DataChangedError(f"Checkpoint {path} was trained on other data ({data['n_train']} training frames, now "
+                                   f"{len(self.train)}); delete {self.out} or use another work folder to train anew.")
+        saved_balance = st.get("train_config", {}).get("group_balance", 0.0)  # checkpoints older than the option: 0
+        if saved_balance != self.cfg.group_balance:
+            raise ValueError(f"Checkpoint {path} was trained with train.group_balance = {saved_balance}, this run asks "
+                             f"for {self.cfg.group_balance}; set it to {saved_balance} to resume, or use another output folder.")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["optimizer"])
