@@ -170,6 +170,43 @@ def test_split_keeps_trajectories_whole(tmp_path):
     assert all(ids) and not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
 
 
+def synthetic_frames(spec):
+    from ase import Atoms
+
+    frames = []
+    for proto, n_traj, n_frames in spec:
+        for t in range(n_traj):
+            for _ in range(n_frames):
+                a = Atoms("Cu")
+                a.info.update(traj_id=f"{proto}-{t:02d}", protocol=proto)
+                frames.append(a)
+    return frames
+
+
+def test_the_stratified_split_cuts_every_protocol_in_proportion():
+    spec = [("nvt", 12, 40), ("volume", 8, 8), ("cluster", 15, 27), ("hot", 2, 30), ("relax", 1, 5)]
+    frames = synthetic_frames(spec)
+
+    def trajectories(split, proto):
+        return [len({a.info["traj_id"] for a in part if a.info["protocol"] == proto}) for part in split]
+
+    strat = split_by_trajectory(frames, (0.8, 0.1, 0.1), seed=0, method="stratified")
+    assert trajectories(strat, "volume") == [6, 1, 1]
+    assert trajectories(strat, "nvt") == [10, 1, 1] and trajectories(strat, "cluster") == [12, 2, 1]
+    assert trajectories(strat, "hot") == [1, 0, 1] and trajectories(strat, "relax") == [1, 0, 0]
+    # the greedy split (older packages) lets short trajectories pile up in one split
+    greedy = split_by_trajectory(frames, (0.8, 0.1, 0.1), seed=0, method="greedy")
+    assert trajectories(greedy, "volume") == [1, 3, 4]
+    # more trajectories of one protocol leave the others where they were
+    grown = split_by_trajectory(synthetic_frames(spec[:2] + [("cluster", 20, 27)] + spec[3:]), (0.8, 0.1, 0.1),
+                                seed=0, method="stratified")
+    for k in range(3):
+        assert {a.info["traj_id"] for a in grown[k] if a.info["protocol"] != "cluster"} == \
+            {a.info["traj_id"] for a in strat[k] if a.info["protocol"] != "cluster"}
+    with pytest.raises(ValueError, match="split method"):
+        split_by_trajectory(frames, method="random")
+
+
 def test_training_resumes_exactly_from_its_checkpoint(tmp_path):
     cfg = small_config(tmp_path, train={"epochs": 2, "batch_size": 8, "warmup_epochs": 1, "dtype": "float64"})
     cfg["generate"].update(nvt_frames=4, strain_frames=12, rattle_relax_frames=8)
