@@ -109,8 +109,8 @@ def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int =
       shuffled with their own random stream (``seed`` and the protocol's name) and cut in the
       proportions ``fractions``, every split with a non-zero share getting at least one when
       the protocol has enough; a protocol with fewer trajectories gives its first to
-      training and its second to the test set. Adding trajectories to one protocol leaves
-      the others' assignment unchanged.
+      training and its second to the held-out split with fewer trajectories so far. Adding
+      trajectories to a protocol that has enough leaves the others' assignment unchanged.
     * ``"greedy"`` (packages made before the stratified split): each trajectory goes to the
       split furthest below its share of *all* frames. Protocols of short trajectories can
       end up mostly in one split (4 of 8 volume scans in validation, say); kept so that
@@ -169,8 +169,11 @@ def _stratified(by_protocol: Dict[str, list], fractions, seed: int) -> Dict[int,
         np.random.default_rng([seed, zlib.crc32(proto.encode())]).shuffle(ids)
         n = len(ids)
         if n < len(active):
-            order = [k for k in (0, 2, 1) if k in active]  # train, then test, then validation
-            for tid, k in zip(ids, order):
+            # train first; the next goes to the held-out split (validation or test) that has
+            # fewer trajectories so far, validation on ties, so that tiny data sets still
+            # have a validation set
+            held = sorted((k for k in active if k), key=lambda j: (len(assign[j]), j))
+            for tid, k in zip(ids, [0] + held):
                 assign[k].append(tid)
             continue
         target = frac * n
