@@ -73,12 +73,11 @@ def probe_frames(a0: float, seed: int = 0):
 
 def in_domain_frames(package: Path, data_dir, n: int, a0: float):
     if data_dir:
-        from orbdistill.data import read_frames, split_by_trajectory
+        from orbdistill.data import read_frames, split_arguments, split_by_trajectory
 
         cfg = json.loads((package / "config.json").read_text())
         frames = read_frames(data_dir)
-        _, val, _ = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg["train"].get("seed", 0),
-                                        method=cfg.get("split_method", "greedy"))
+        _, val, _ = split_by_trajectory(frames, **split_arguments(cfg))
         # the validation trajectories: fitted neither by the domain model (training frames)
         # nor by its calibration (test frames)
         idx = np.random.default_rng(0).choice(len(val), size=min(n, len(val)), replace=False)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
+from orbdistill.data.dataset import frames_to_samples, split_arguments, split_by_trajectory
 from orbdistill.data.generate import read_frames
 from orbdistill.export.package import write_package
 from orbdistill.models import load_student
@@ -21,8 +21,7 @@ def main(config_path):
     cfg = load_config(config_path)
     work = Path(cfg["work_dir"])
     frames = read_frames(work / "data")
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
-                                                 method=cfg.get("split_method", "stratified"))
+    train_f, val_f, test_f = split_by_trajectory(frames, **split_arguments(cfg))
     model = load_student(work / "train" / "best.pt")
     test = frames_to_samples(test_f, model.cutoff, model.max_neighbors)
     metrics = evaluate(model, test, return_predictions=True)

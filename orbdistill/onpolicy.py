@@ -197,7 +197,7 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
     (its card gains an ``onpolicy`` history). Returns the state (one entry per round).
     """
     from orbdistill.calculator import StudentCalculator
-    from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
+    from orbdistill.data.dataset import frames_to_samples, split_arguments, split_by_trajectory
     from orbdistill.data.generate import GenerateConfig, read_frames
     from orbdistill.data.seeds import load_seeds
     from orbdistill.data.selection import select_diverse
@@ -234,9 +234,8 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
 
     # the original split, redone exactly as distill did it
     frames = read_frames(work / "data")
-    used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else {}
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
-                                                 method=used.get("split_method", "greedy"))  # as the package's distill
+    used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else cfg
+    train_f, val_f, test_f = split_by_trajectory(frames, **split_arguments(used))  # as the package's distill did
     held_out_f = test_f or val_f
 
     current = package if not state["rounds"] else Path(state["rounds"][-1].get("package") or package)

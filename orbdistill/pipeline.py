@@ -28,7 +28,7 @@ from typing import Optional, Union
 
 from orbdistill.distill_config import load_distill_config, teacher_from_config
 from orbdistill.models.domain import fit_domain  # noqa: F401  (part of this module's API)
-from orbdistill.data.dataset import frames_to_samples, split_by_trajectory
+from orbdistill.data.dataset import frames_to_samples, split_arguments, split_by_trajectory
 from orbdistill.data.generate import GenerateConfig, domain_summary, generate, read_frames
 from orbdistill.training.trainer import TrainConfig, Trainer, evaluate, evaluate_by_group
 from orbdistill.utils import atomic_write_text
@@ -85,8 +85,7 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     frames = read_frames(Path(cfg["work_dir"]) / "data")
     if not frames:
         raise ValueError(f"Empty dataset in {cfg['work_dir']}/data: generation produced no frames.")
-    train_f, val_f, test_f = split_by_trajectory(frames, tuple(cfg["split"]), seed=cfg.get("train", {}).get("seed", 0),
-                                                 method=cfg.get("split_method", "stratified"))
+    train_f, val_f, test_f = split_by_trajectory(frames, **split_arguments(cfg))
     if not val_f:
         raise ValueError("The split left no validation trajectory: generate more trajectories or change 'split'.")
     tcfg = TrainConfig.from_dict(cfg.get("train", {}))
@@ -97,8 +96,12 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
     samples = [frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f, test_f)]
     # a student copied from the teacher keeps the teacher's normalisation (it reproduces the teacher at epoch 0)
     train_dir = Path(cfg["work_dir"]) / "train"
-    trainer = Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
-                      fit_normalization=not cfg["student"].get("init_from_teacher"))
+
+    def new_trainer(model):
+        return Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
+                       fit_normalization=not cfg["student"].get("init_from_teacher"))
+
+    trainer = new_trainer(model)
     try:
         resumed = trainer.resume()
     except DataChangedError:
@@ -109,10 +112,7 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
         if log_fn:
             log_fn(f"the data changed: the earlier training moved to {old}; training anew")
         torch.manual_seed(tcfg.seed)
-        model = _student(cfg, frames, teacher)
-        trainer = Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
-                          fit_normalization=not cfg["student"].get("init_from_teacher"))
-        resumed = False
+        trainer, resumed = new_trainer(_student(cfg, frames, teacher)), False
     if resumed and log_fn:
         log_fn(f"resumed training at epoch {trainer.epoch}")
     best = trainer.fit(max_epochs=max_epochs, log_fn=log_fn)
@@ -128,12 +128,12 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
 
     package = find_package(package)
     used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else {}
-    split = tuple(split or used.get("split", (0.8, 0.1, 0.1)))
-    seed = seed if seed is not None else used.get("train", {}).get("seed", 0)
+    how = split_arguments(used)  # the split the package was trained with
+    split = tuple(split or how["fractions"])
+    seed = seed if seed is not None else how["seed"]
     model = load_student(package)
     frames = read_frames(data_dir)
-    # the split the package was trained with (packages older than split_method: greedy)
-    train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed, method=used.get("split_method", "greedy"))
+    train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed, method=how["method"])
     train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, test_f or val_f))
     domain, ood = fit_domain(model, train_s, held_s)
     ood["fitted_on"] = f"{len(train_s)} training frames of {data_dir}"

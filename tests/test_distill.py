@@ -209,6 +209,12 @@ def test_the_stratified_split_cuts_every_protocol_in_proportion():
     assert [len({a.info["traj_id"] for a in part}) for part in tiny] == [2, 1, 1]
     with pytest.raises(ValueError, match="split method"):
         split_by_trajectory(frames, method="random")
+    # new configs split stratified; a package config written before the option, greedily
+    from orbdistill.data import split_arguments
+
+    assert split_arguments(load_config(small_config(Path("/tmp"))))["method"] == "stratified"
+    committed = json.loads((Path(__file__).parents[1] / "calculators" / "cu-sevennet-v2" / "config.json").read_text())
+    assert "split_method" not in committed and split_arguments(committed)["method"] == "greedy"
 
 
 def test_training_resumes_exactly_from_its_checkpoint(tmp_path):

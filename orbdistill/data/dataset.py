@@ -98,6 +98,14 @@ def collate(samples: Sequence[Sample], dtype=torch.float32, device=None) -> Tupl
 SPLIT_METHODS = ("stratified", "greedy")
 
 
+def split_arguments(cfg: dict) -> dict:
+    """``split_by_trajectory`` keywords of a distillation config or a package's
+    ``config.json``: fractions, the training seed and the method (configs written before
+    ``split_method`` existed were split greedily)."""
+    return {"fractions": tuple(cfg.get("split", (0.8, 0.1, 0.1))), "seed": cfg.get("train", {}).get("seed", 0),
+            "method": cfg.get("split_method", "greedy")}
+
+
 def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int = 0, method: str = "greedy"):
     """Split frames into (train, validation, test) by whole trajectories (``info['traj_id']``),
     so that no split sees frames correlated with another split's.

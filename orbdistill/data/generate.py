@@ -84,6 +84,13 @@ APPLIES = {"bulk": COVERAGE, "molecular": ("surface", "cluster", "hot", "volume"
            "slab": ("surface",), "molecule": ("hot",)}
 # how held-out errors are grouped: the base protocols all sample the bulk crystal
 PROTOCOL_GROUPS = {**{p: "bulk" for p in BASE_PROTOCOLS}, **{p: p for p in COVERAGE}}
+
+
+def protocol_group(protocol: str) -> str:
+    """The group a protocol's frames are reported and weighted in (bulk for the base
+    protocols; other protocols, e.g. "onpolicy", are their own group)."""
+    return PROTOCOL_GROUPS.get(protocol, protocol)
+
 # provenance keys copied from a task into every frame's info
 PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "volume_scale")
 
@@ -694,7 +701,7 @@ def domain_summary(manifest: dict) -> dict:
     cfg = manifest.get("config", {})
     groups: Dict[str, dict] = {}
     for task in manifest.get("tasks", {}).values():
-        g = groups.setdefault(PROTOCOL_GROUPS.get(task["protocol"], task["protocol"]),
+        g = groups.setdefault(protocol_group(task["protocol"]),
                               {"frames": 0, "protocols": set(), "temperatures_k": set(), "pressures_gpa": set(),
                                "facets": set(), "defects": set(), "cluster_sizes": set(), "volume_scales": set(),
                                "sizes": set()})

@@ -112,11 +112,11 @@ def group_weights(samples: Sequence[Sample], balance: float) -> Dict[str, float]
     that the mean weight over ``samples`` is 1 (``N`` frames in ``G`` groups, ``n_g`` in
     group ``g``). Small groups (clusters, defects, volume scans) otherwise count for a few
     per cent of the loss and are fitted several times worse than the bulk."""
-    from orbdistill.data.generate import PROTOCOL_GROUPS
+    from orbdistill.data.generate import protocol_group
 
     counts: Dict[str, int] = {}
     for s in samples:
-        g = PROTOCOL_GROUPS.get(s.protocol, s.protocol)
+        g = protocol_group(s.protocol)
         counts[g] = counts.get(g, 0) + 1
     n, g_count = len(samples), len(counts)
     raw = {g: (n / (g_count * c)) ** balance for g, c in counts.items()}
@@ -213,12 +213,12 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
 
 def evaluate_by_group(model: StudentModel, samples: Sequence[Sample], **kwargs) -> Dict[str, dict]:
     """:func:`evaluate` on each protocol group (bulk, surface, defect, cluster, hot, volume;
-    see :data:`orbdistill.data.generate.PROTOCOL_GROUPS`) present in ``samples``."""
-    from orbdistill.data.generate import PROTOCOL_GROUPS
+    see :func:`orbdistill.data.generate.protocol_group`) present in ``samples``."""
+    from orbdistill.data.generate import protocol_group
 
     groups: Dict[str, list] = {}
     for s in samples:
-        groups.setdefault(PROTOCOL_GROUPS.get(s.protocol, s.protocol), []).append(s)
+        groups.setdefault(protocol_group(s.protocol), []).append(s)
     return {g: evaluate(model, ss, **kwargs) for g, ss in sorted(groups.items())}
 
 
@@ -304,10 +304,11 @@ class Trainer:
         self.train, self.val = list(train), list(val)
         self.group_weights = group_weights(self.train, cfg.group_balance)
         if cfg.group_balance > 0 and len(self.group_weights) > 1:
-            from orbdistill.data.generate import PROTOCOL_GROUPS
+            from orbdistill.data.generate import protocol_group
 
-            self.train = [dataclasses.replace(s, weight=self.group_weights[PROTOCOL_GROUPS.get(s.protocol, s.protocol)])
+            self.train = [dataclasses.replace(s, weight=self.group_weights[protocol_group(s.protocol)])
                           for s in self.train]
+        self.data_fingerprint = data_fingerprint(self.train)  # once: checkpoints carry it every epoch
         self.progress = progress
         torch.manual_seed(cfg.seed)
         self.model = model.to(device=cfg.device, dtype=_dtype(cfg.dtype))
@@ -359,7 +360,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "best_val": self.best_val,
             "best_epoch": self.best_epoch, "history": self.history, "stats": self.stats,
             "train_config": dataclasses.asdict(self.cfg), "model_config": self.model.config.to_dict(),
-            "data": {"fingerprint": data_fingerprint(self.train), "n_train": len(self.train), "n_val": len(self.val)},
+            "data": {"fingerprint": self.data_fingerprint, "n_train": len(self.train), "n_val": len(self.val)},
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": list(random.getstate())},
         }
 
@@ -379,7 +380,7 @@ class Trainer:
         if st.get("model_config") != self.model.config.to_dict():
             raise ValueError(f"Checkpoint {path} belongs to a different model configuration; use another output folder.")
         data = st.get("data")  # checkpoints older than the fingerprint are taken as they are
-        if data and data["fingerprint"] != data_fingerprint(self.train):
+        if data and data["fingerprint"] != self.data_fingerprint:
             raise DataChangedError(f"Checkpoint {path} was trained on other data ({data['n_train']} training frames, now "
                                    f"{len(self.train)}); delete {self.out} or use another work folder to train anew.")
         saved_balance = st.get("train_config", {}).get("group_balance", 0.0)  # checkpoints older than the option: 0
