@@ -134,7 +134,7 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     model = load_student(package)
     frames = read_frames(data_dir)
     train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed, method=how["method"])
-    train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, test_f or val_f))
+    train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f + test_f))
     domain, ood = fit_domain(model, train_s, held_s)
     ood["fitted_on"] = f"{len(train_s)} training frames of {data_dir}"
     write_domain(package, domain, ood)
@@ -199,7 +199,10 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
         "timing": {k: round(v, 1) for k, v in timing.items()},
         "plots": ["parity.png", "learning_curves.png"],
     }
-    domain, ood = fit_domain(best, train_s, held_out)
+    # calibrated on every frame it was not trained on (validation and test trajectories): a
+    # group holds one or two trajectories of each split, and frames of one trajectory are
+    # alike, so the threshold's quantile needs every held-out trajectory there is
+    domain, ood = fit_domain(best, train_s, val_s + test_s)
     if log_fn:
         log_fn(f"out-of-domain threshold {ood['threshold']:.2f} ({100 * ood['held_out_flagged']:.1f} % of held-out frames above)")
     pkg = write_package(best, cfg["package_dir"], card, config=cfg,
