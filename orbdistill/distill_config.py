@@ -132,7 +132,8 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         if key == "train" and isinstance(values, dict) and "device" not in values and raw.get("device"):
             values = dict(values, device=raw["device"])  # the top-level device reaches training
         try:
-            sections[key] = build_config(cls, values, key)
+            # from_dict: a section may read keys of older configs (onpolicy's surface_miller)
+            sections[key] = cls.from_dict(values) if isinstance(values, dict) else build_config(cls, values, key)
         except ConfigError as exc:
             errors.extend(str(exc).splitlines())
     split = raw.get("split", [0.8, 0.1, 0.1])

@@ -6,8 +6,8 @@ teacher never visited (its errors move it elsewhere), and a small error there ca
 into a collapse. Each round:
 
 1. **explore**: the current student runs NVT at ``temperatures_k`` on starting structures
-   built from the seeds (bulk, a slab, a vacancy cell, a cluster; see
-   :mod:`orbdistill.data.coverage`); every ``sample_interval`` steps a frame and its
+   built from the seeds (bulk, a slab of each ``surface_millers`` facet, a vacancy cell, a
+   cluster of each ``cluster_sizes`` size; see :mod:`orbdistill.data.coverage`); every ``sample_interval`` steps a frame and its
    largest per-atom out-of-domain score are kept. A run *diverges* when atoms come closer
    than ``min_distance``, a force exceeds ``max_force``, the temperature runs above
    ``max_temperature_factor`` x its target, or the model fails; the frames before the
@@ -15,7 +15,10 @@ into a collapse. Each round:
 2. **select**: frames scoring above ``uncertainty_factor`` x the package's calibrated
    threshold, and the last ``frames_before_failure`` frames of a diverged run, are the
    candidates; at most ``max_new_frames`` of them are chosen by farthest-point sampling
-   (:mod:`orbdistill.data.selection`).
+   (:mod:`orbdistill.data.selection`). With ``audit_frames``, the teacher also labels that
+   many other frames of every run; those where the student's force MAE exceeds
+   ``audit_factor`` x its held-out MAE join the new frames (the student is confident there
+   and wrong: no feature distance sees that).
 3. **label**: the teacher computes energy, forces and stress of the chosen frames (rejection
    rules of the generate section apply); they are written to ``onpolicy/round-R.extxyz``.
 4. **retrain**: from the current weights (normalisation kept) on the original training set
@@ -23,8 +26,9 @@ into a collapse. Each round:
    instead), then the out-of-domain model is refitted and recalibrated, and the
    round's package is written.
 
-The loop stops when a round finds no candidate and no run diverges (the student is stable
-and confident where it was sent), or after ``rounds``. Every step is resumable: the state
+The loop stops when a round finds no candidate, no run diverges and no audited frame is
+wrong (the student is stable, confident and, where audited, accurate where it was sent), or
+after ``rounds``. Every step is resumable: the state
 (``onpolicy/state.json``), each round's labelled frames and each round's package are written
 atomically, and a rerun continues where it stopped. NVIDIA's ALCHEMI toolkit describes the
 same loop for its students (a replay buffer of teacher labels and a stability monitor); this
@@ -45,7 +49,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from orbdistill.utils import atomic_write_text
@@ -74,12 +78,15 @@ def start_structures(seeds, cfg: OnPolicyConfig, vacuum: float = 12.0) -> Dict[s
             out[f"{tag}-bulk"] = seed_supercell(seed, cfg.size)
         if kind == "bulk":
             if "surface" in cfg.starts:
-                out[f"{tag}-surface"] = make_slab(seed, cfg.surface_miller, cfg.size, vacuum=vacuum)
+                for hkl in cfg.surface_millers:
+                    name = "surface" if len(cfg.surface_millers) == 1 else "surface" + "".join(map(str, hkl))
+                    out[f"{tag}-{name}"] = make_slab(seed, list(hkl), cfg.size, vacuum=vacuum)
             if "defect" in cfg.starts:
                 element = sorted(set(seed.get_chemical_symbols()))[0]
                 out[f"{tag}-vacancy"] = make_defect(seed_supercell(seed, cfg.size), f"vacancy:{element}", rng)
             if "cluster" in cfg.starts:
-                out[f"{tag}-cluster"] = make_cluster(seed, cfg.cluster_size, vacuum)
+                for n in cfg.cluster_sizes:
+                    out[f"{tag}-cluster" + ("" if len(cfg.cluster_sizes) == 1 else str(n))] = make_cluster(seed, n, vacuum)
     return out
 
 
@@ -144,6 +151,23 @@ def candidates(run: dict, threshold: Optional[float], cfg: OnPolicyConfig) -> Li
     if run["failed"] and cfg.frames_before_failure:
         picked |= set(range(max(0, len(u) - cfg.frames_before_failure), len(u)))
     return sorted(picked)
+
+
+def audit_run(run: dict, picked: Sequence[int], calc, teacher, gcfg, round_index: int, n: int) -> list:
+    """``n`` evenly spaced frames of a run that are not in ``picked``, labelled by the
+    teacher, each with the student's force MAE against it in ``info["audit_force_mae_mev_a"]``
+    (meV/Å). The signal says where the student has no data; an audit finds where it has data
+    and is wrong anyway."""
+    rest = [i for i in range(len(run["frames"])) if i not in set(picked)]
+    if not n or not rest:
+        return []
+    pick = np.unique(np.linspace(0, len(rest) - 1, min(n, len(rest))).round().astype(int))
+    labelled, _ = _label_frames([run["frames"][rest[j]] for j in pick], teacher, gcfg, round_index)
+    for f in labelled:
+        g = f.copy()
+        g.calc = calc
+        f.info["audit_force_mae_mev_a"] = 1e3 * float(np.abs(g.get_forces() - f.get_forces()).mean())
+    return labelled
 
 
 # --------------------------------------------------------------------------------------
@@ -250,35 +274,45 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         else:
             calc = StudentCalculator(current, on_extrapolation="ignore", min_distance=0.3)
             threshold = calc.ood_threshold
-            runs, chosen_pool = {}, []
+            audit_limit = oc.audit_factor * read_card(current)["metrics"]["force_mae_mev_a"]
+            runs, chosen_pool, audit_failed = {}, [], []
             for name, atoms in starts.items():
                 for T in oc.temperatures_k:
                     res = explore(calc, atoms, T, oc, seed=oc.seed + 1000 * r + int(T))
+                    for f, u in zip(res["frames"], res["uncertainty"]):
+                        f.info.update(start=name, temperature_K=float(T), uncertainty=u)
                     idx = candidates(res, threshold, oc)
-                    for i in idx:
-                        f = res["frames"][i]
-                        f.info.update(start=name, temperature_K=float(T), uncertainty=res["uncertainty"][i])
-                        chosen_pool.append(f)
+                    chosen_pool.extend(res["frames"][i] for i in idx)
+                    audit = audit_run(res, idx, calc, teacher, gcfg, r, oc.audit_frames)
+                    audit_failed.extend(f for f in audit if f.info["audit_force_mae_mev_a"] > audit_limit)
                     u = np.asarray(res["uncertainty"], dtype=float)
-                    runs[f"{name}@{T:g}K"] = {"steps_completed": res["steps_completed"], "steps": oc.steps,
-                                              "failed": res["failed"], "frames": len(res["frames"]),
-                                              "candidates": len(idx),
-                                              "max_uncertainty": float(np.nanmax(u)) if np.isfinite(u).any() else None,
-                                              "flagged_fraction": float(np.mean(u > threshold)) if threshold else None}
+                    runs[f"{name}@{T:g}K"] = {
+                        "steps_completed": res["steps_completed"], "steps": oc.steps, "failed": res["failed"],
+                        "frames": len(res["frames"]), "candidates": len(idx),
+                        "max_uncertainty": float(np.nanmax(u)) if np.isfinite(u).any() else None,
+                        "flagged_fraction": float(np.mean(u > threshold)) if threshold else None,
+                        "audited": len(audit),
+                        "audit_failed": sum(f.info["audit_force_mae_mev_a"] > audit_limit for f in audit),
+                        "audit_force_mae_mev_a": (float(np.mean([f.info["audit_force_mae_mev_a"] for f in audit]))
+                                                  if audit else None)}
                     if log_fn:
                         log_fn(f"round {r}: {name} at {T:g} K: {res['steps_completed']}/{oc.steps} steps"
                                + (f" (diverged: {res['failed']})" if res["failed"] else "")
-                               + f", {len(idx)} candidate frames")
+                               + f", {len(idx)} candidate frames"
+                               + (f", audit {runs[f'{name}@{T:g}K']['audit_force_mae_mev_a']:.0f} meV/Å"
+                                  if audit else ""))
             if chosen_pool:
                 keep = select_diverse(chosen_pool, oc.max_new_frames, cutoff=min(6.0, calc.cutoff))
                 chosen_pool = [chosen_pool[k] for k in sorted(keep)]
             labelled, rejected = _label_frames(chosen_pool, teacher, gcfg, r) if chosen_pool else ([], 0)
+            labelled += audit_failed  # labelled already, and wrong where the signal was quiet
             _write_frames(chunk, labelled)
             entry.update(runs=runs, threshold=threshold, candidates=sum(v["candidates"] for v in runs.values()),
-                         labelled=len(labelled), rejected=rejected,
+                         labelled=len(labelled), rejected=rejected, audit_limit_mev_a=audit_limit,
+                         audit_failed=len(audit_failed),
                          diverged=sum(1 for v in runs.values() if v["failed"]), student=str(current))
             atomic_write_text(partial, json.dumps(entry, indent=1, default=str))
-        if entry["candidates"] == 0 and entry["diverged"] == 0:
+        if entry["candidates"] == 0 and entry["diverged"] == 0 and entry.get("audit_failed", 0) == 0:
             entry["converged"] = True
             state["converged"] = True
             state["rounds"].append(entry)
@@ -311,10 +345,10 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         after = evaluate(best, to_samples(round_new), dtype=tcfg.dtype) if round_new else None
         metrics = evaluate(best, held_s, dtype=tcfg.dtype)
         metrics["by_group"] = evaluate_by_group(best, held_s, dtype=tcfg.dtype)
-        # calibrated on every frame it was not trained on: the held-out trajectories and the
-        # on-policy validation frames (without the latter, the threshold would describe the
+        # calibrated on every frame it was not trained on: the validation and test trajectories
+        # and the on-policy validation frames (without the latter, the threshold would describe the
         # bulk alone and keep flagging the surfaces and clusters the rounds brought in)
-        domain, ood = fit_domain(best, train_s, held_s + to_samples(new_val))
+        domain, ood = fit_domain(best, train_s, val_s + (held_s if test_f else []))
         card = _card_without_identity(read_card(package))
         card["metrics"] = {**metrics, "held_out": "the distillation's held-out trajectories"}
         card["onpolicy"] = state["rounds"] + [dict(entry, new_frame_errors_before=before, new_frame_errors_after=after)]

@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from ase.io import read
 
 from orbdistill import onpolicy
-from orbdistill.onpolicy import OnPolicyConfig, candidates, explore, run_onpolicy
+from orbdistill.onpolicy import OnPolicyConfig, audit_run, candidates, explore, run_onpolicy, start_structures
 from orbdistill.pipeline import distill
 from orbdistill.training import trainer as trainer_module
 
@@ -44,11 +44,69 @@ def test_divergence_stops_a_run_and_keeps_the_frames_before_it():
     assert candidates(fake, 2.0, cfg) == [1, 3]
 
 
+def test_an_audit_labels_unpicked_frames_and_measures_the_students_error():
+    from ase.build import bulk
+
+    from orbdistill import load_teacher
+    from orbdistill.data.generate import GenerateConfig
+
+    class Shifted(EMT):
+        """A 'student' whose every force component is 0.1 eV/Å too high."""
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["forces"] = self.results["forces"] + 0.1
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    run = explore(EMT(), atoms, 600.0, OnPolicyConfig(rounds=1, steps=90, sample_interval=10))
+    for f in run["frames"]:
+        f.info.update(start="bulk", temperature_K=600.0)
+    audit = audit_run(run, [0, 1, 2], Shifted(), load_teacher("emt"), GenerateConfig(), 1, 3)
+    assert len(audit) == 3
+    # evenly spaced over the frames the signal did not pick, first and last included
+    first, last = run["frames"][3], run["frames"][-1]
+    np.testing.assert_allclose(audit[0].positions, first.positions)
+    np.testing.assert_allclose(audit[-1].positions, last.positions)
+    for f in audit:  # teacher labels, and the student's error against them
+        ref = f.copy()
+        ref.calc = EMT()
+        np.testing.assert_allclose(f.get_forces(), ref.get_forces(), atol=1e-10)
+        assert f.info["audit_force_mae_mev_a"] == pytest.approx(100.0, rel=1e-9)
+    assert audit_run(run, [], Shifted(), load_teacher("emt"), GenerateConfig(), 1, 0) == []
+
+
+def test_onpolicy_starts_cover_every_listed_facet_and_cluster_size():
+    from ase.build import bulk
+
+    old = OnPolicyConfig.from_dict({"rounds": 1, "surface_miller": [1, 0, 0], "cluster_size": 19})
+    assert old.surface_millers == [(1, 0, 0)] and old.cluster_sizes == [19]
+    with pytest.raises(ValueError, match="not both"):
+        OnPolicyConfig.from_dict({"cluster_size": 19, "cluster_sizes": [13]})
+    cfg = OnPolicyConfig(rounds=1, size=32, surface_millers=[(1, 0, 0), (1, 1, 1)], cluster_sizes=[13, 38])
+    starts = start_structures([bulk("Cu", "fcc", a=3.61)], cfg)
+    assert sorted(starts) == ["Cu-0-bulk", "Cu-0-cluster13", "Cu-0-cluster38", "Cu-0-surface100",
+                              "Cu-0-surface111", "Cu-0-vacancy"]
+    assert len(starts["Cu-0-cluster13"]) == 13 and not starts["Cu-0-cluster38"].pbc.any()
+    for name in ("Cu-0-surface100", "Cu-0-surface111"):
+        z = starts[name].positions[:, 2]
+        assert starts[name].cell[2, 2] - (z.max() - z.min()) >= 12.0 - 1e-6  # a vacuum gap along c
+    # (100) and (111) slabs differ: their surface atoms have 8 and 9 neighbours
+    from ase.neighborlist import neighbor_list
+
+    top_cn = []
+    for name in ("Cu-0-surface100", "Cu-0-surface111"):
+        s = starts[name]
+        i = neighbor_list("i", s, 2.9)
+        cn = np.bincount(i, minlength=len(s))
+        top_cn.append(int(cn[s.positions[:, 2] > s.positions[:, 2].max() - 0.3].min()))
+    assert top_cn == [8, 9]
+
+
 def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, monkeypatch):
     cfg = small_config(tmp_path)  # bulk only
     cfg["onpolicy"] = {"rounds": 2, "starts": ["surface", "cluster"], "size": 32, "cluster_size": 19,
                        "temperatures_k": [500.0], "steps": 120, "sample_interval": 4, "max_new_frames": 40,
-                       "epochs": 15, "lr": 2e-3}
+                       "epochs": 15, "lr": 2e-3, "audit_frames": 2}
     no_rounds = dict(cfg, onpolicy={"rounds": 0})
     distill(no_rounds, progress=False, log_fn=None)
     pkg = Path(cfg["package_dir"])
@@ -82,6 +140,13 @@ def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, 
     state = run_onpolicy(cfg, progress=False, log_fn=None)
     r1 = state["rounds"][0]
     assert r1["labelled"] == len(labelled)
+    # every run was audited where the signal left frames unpicked; the audited frames that
+    # were wrong joined the labelled ones
+    assert all(v["audited"] == min(2, v["frames"] - v["candidates"]) for v in r1["runs"].values())
+    assert sum(v["audited"] for r in state["rounds"] for v in r["runs"].values()) > 0
+    audited = [f for f in labelled if "audit_force_mae_mev_a" in f.info]
+    assert len(audited) == r1["audit_failed"] == sum(v["audit_failed"] for v in r1["runs"].values())
+    assert all(f.info["audit_force_mae_mev_a"] > r1["audit_limit_mev_a"] for f in audited)
     assert len(state["rounds"]) == 2 and len(calls) == 2  # only round 2 explored (2 starts x 1 temperature)
     # the student learned the frames it got wrong
     assert r1["new_frame_errors_after"]["force_mae_mev_a"] < 0.7 * r1["new_frame_errors_before"]["force_mae_mev_a"]
