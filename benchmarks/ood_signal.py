@@ -1,15 +1,15 @@
 """Does the out-of-domain signal flag the structures where a student is wrong?
 
     python benchmarks/ood_signal.py --package cu-sevennet-v2 --teacher sevennet-0 \
-        [--in-domain runs/cu-sevennet-v2/data] [--out benchmarks/results]
+        [--n-in-domain 60] [--out benchmarks/results]
 
 Probe frames the student never saw, labelled by the teacher: low-index slabs (100), (110),
 (111) (rattled), clusters (13, 55, 147-atom icosahedra and a 38-atom octahedron), vacancies
 and interstitials in bulk, hot bulk beyond the training temperatures, compressed and
-expanded cells beyond the strain range; and in-domain frames (the validation trajectories of
-the package's own data when ``--in-domain`` is given: seen neither by the domain fit, which
-uses the training frames, nor by its calibration, which uses the test frames; else fresh
-rattled bulk).
+expanded cells beyond the strain range; and in-domain frames: fresh trajectories of the
+package's own recipe run with another random seed, one of each protocol (seen neither by
+the domain fit, which uses the training frames, nor by its calibration, which uses the
+validation and test frames); rattled bulk for a package without a recipe.
 
 For each frame: the student's force MAE against the teacher, and the largest per-atom
 uncertainty. A frame is *bad* when its force MAE exceeds 3x the card's held-out force MAE.
@@ -71,17 +71,38 @@ def probe_frames(a0: float, seed: int = 0):
     return out
 
 
-def in_domain_frames(package: Path, data_dir, n: int, a0: float):
-    if data_dir:
-        from orbdistill.data import read_frames, split_arguments, split_by_trajectory
+def fresh_in_domain_frames(package: Path, teacher, n: int, seed_offset: int = 1000):
+    """``n`` frames of trajectories the package never met: its own recipe (the ``generate``
+    section of its ``config.json``) with another random seed, one task of each protocol,
+    evenly spaced frames of each, labelled by the teacher. Neither the domain fit (training
+    frames) nor the calibration (validation and test frames) has seen them."""
+    from orbdistill.data.generate import GenerateConfig, accept_frame, plan_tasks, run_task
+    from orbdistill.data.seeds import load_seeds
 
-        cfg = json.loads((package / "config.json").read_text())
-        frames = read_frames(data_dir)
-        _, val, _ = split_by_trajectory(frames, **split_arguments(cfg))
-        # the validation trajectories: fitted neither by the domain model (training frames)
-        # nor by its calibration (test frames)
-        idx = np.random.default_rng(0).choice(len(val), size=min(n, len(val)), replace=False)
-        return [("in-domain (held-out)", val[i]) for i in sorted(idx)]
+    g = dict(json.loads((package / "config.json").read_text())["generate"])
+    repo = Path(__file__).resolve().parents[1]
+    g["seeds"] = [s if not isinstance(s, str) or "/" not in s or Path(s).exists()
+                  else str(repo / "data" / "structures" / Path(s).name) for s in g["seeds"]]
+    g["seed"] = int(g.get("seed", 0)) + seed_offset
+    cfg = GenerateConfig.from_dict(g)
+    seeds = load_seeds(cfg.seeds)
+    tasks = plan_tasks(cfg, seeds)
+    rng = np.random.default_rng(seed_offset)
+    by_protocol = {}
+    for t in tasks:
+        by_protocol.setdefault(t["protocol"], []).append(t)
+    per = max(1, n // len(by_protocol))
+    out = []
+    for proto, ts in sorted(by_protocol.items()):
+        task = ts[int(rng.integers(len(ts)))]
+        frames = [f for f in run_task(task, seeds, cfg, teacher) if accept_frame(f, cfg)]
+        for i in np.unique(np.linspace(0, len(frames) - 1, min(per, len(frames))).round().astype(int)):
+            out.append((f"in-domain ({proto})", frames[i]))
+    return out
+
+
+def rattled_bulk_frames(n: int, a0: float):
+    """In-domain frames for a package without a recipe: rattled fcc bulk."""
     from ase.build import bulk
 
     out = []
@@ -96,8 +117,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--package", default="cu-sevennet-v2")
     p.add_argument("--teacher", default="sevennet-0")
-    p.add_argument("--in-domain", default=None, help="the package's generated data folder (held-out frames)")
-    p.add_argument("--n-in-domain", type=int, default=60)
+    p.add_argument("--n-in-domain", type=int, default=60,
+                   help="in-domain frames, from fresh trajectories of the package's own recipe")
     p.add_argument("--a0", type=float, default=3.61)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -116,10 +137,12 @@ def main(argv=None):
     student = StudentCalculator(pkg, on_extrapolation="ignore")
     rows = []
     t0 = time.perf_counter()
-    frames = in_domain_frames(pkg, args.in_domain, args.n_in_domain, args.a0) + probe_frames(args.a0)
+    fresh = (pkg / "config.json").exists()
+    frames = (fresh_in_domain_frames(pkg, teacher, args.n_in_domain) if fresh
+              else rattled_bulk_frames(args.n_in_domain, args.a0)) + probe_frames(args.a0)
     for kind, atoms in frames:
         a = atoms.copy()
-        if kind.startswith("in-domain (held") and atoms.calc is not None:
+        if fresh and kind.startswith("in-domain") and atoms.calc is not None:
             f_ref = atoms.get_forces()
         else:
             (pred,) = teacher.predict([a])
