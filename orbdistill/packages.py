@@ -29,7 +29,8 @@ from .utils import atomic_write_text
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "card.json"
-EXPORT_FORMATS = {"torchscript": "torchscript", "onnx": "onnx"}  # backend -> file suffix
+# export format -> file suffix ("lammps": the file pair_style orbdistill loads, not an ASE backend)
+EXPORT_FORMATS = {"torchscript": "torchscript", "onnx": "onnx", "lammps": "lammps.pt"}
 ENV_VAR = "ORBDISTILL_CALCULATORS"
 
 

@@ -194,25 +194,30 @@ def card_markdown(card: dict) -> str:
 
 
 def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "float64"), progress=True) -> dict:
-    """Export a package's student to TorchScript and/or ONNX files inside the package.
+    """Export a package's student to TorchScript, ONNX and/or LAMMPS files inside the package.
 
-    Files are named ``model_<dtype>.<format>``; each records the SHA-256 of the ``model.pt``
+    Files are named ``model_<dtype>.<format>`` (``model_<dtype>.lammps.pt`` for LAMMPS'
+    ``pair_style orbdistill``); each records the SHA-256 of the ``model.pt``
     it came from, and ``card.json`` lists them under ``exports``. Returns {filename: seconds}.
     """
     import time as _time
 
     from orbdistill.models import load_student
 
+    from orbdistill.lammps import export_lammps
+
     from .traced import export_onnx, export_torchscript
+
+    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "lammps": export_lammps}
 
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path} is not a package folder: `orbdistill export` takes the folder that holds "
                          f"{MODEL_FILE} and card.json (e.g. calculators/cu-sevennet-v2).")
     card = read_card(path)
-    bad = [f for f in formats if f not in ("torchscript", "onnx")]
+    bad = [f for f in formats if f not in ("torchscript", "onnx", "lammps")]
     if bad:
-        raise ValueError(f"Unknown export format(s) {bad}; choose torchscript, onnx or all.")
+        raise ValueError(f"Unknown export format(s) {bad}; choose torchscript, onnx, lammps or all.")
     sha = weights_sha256(path)
     written = {}
     for dt_name in dtypes:
@@ -221,7 +226,7 @@ def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "fl
             model = load_student(path / MODEL_FILE)
             target = exported_file(path, fmt, dt_name)
             t0 = _time.perf_counter()
-            (export_onnx if fmt == "onnx" else export_torchscript)(model, target, dtype=dt, weights_sha256=sha)
+            writers[fmt](model, target, dtype=dt, weights_sha256=sha)
             written[target.name] = round(_time.perf_counter() - t0, 1)
             if progress:
                 print(f"wrote {target} ({written[target.name]} s)")

@@ -97,22 +97,28 @@ def example_inputs(model: StudentModel, dtype=torch.float32) -> Tuple[torch.Tens
 def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphModule:
     """Trace energy, forces and stress of ``model`` into an autograd-free ``GraphModule``
     whose ``forward`` takes the six graph tensors; the weights are buffers of the module."""
+    model = model.to(dtype=dtype).eval()
+    return trace_with_weights(model, _energy_and_gradients(model), example_inputs(model, dtype), INPUT_NAMES)
+
+
+def trace_with_weights(model: StudentModel, full, inputs, input_names) -> torch.fx.GraphModule:
+    """Trace ``full(params, buffers, *inputs)`` with symbolic sizes into a ``GraphModule``
+    whose ``forward`` takes ``inputs`` only (named ``input_names``); the weights become
+    buffers of the module."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    model = model.to(dtype=dtype).eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     names = list(params) + list(buffers)
     values = list(params.values()) + list(buffers.values())
     n_params, n_weights = len(params), len(names)
-    full = _energy_and_gradients(model)
 
     def flat(*args):
         p = dict(zip(names[:n_params], args[:n_params]))
         b = dict(zip(names[n_params:n_weights], args[n_params:n_weights]))
         return full(p, b, *args[n_weights:])
 
-    gm = make_fx(flat, tracing_mode="symbolic")(*values, *example_inputs(model, dtype))
+    gm = make_fx(flat, tracing_mode="symbolic")(*values, *inputs)
     # weights become buffers of the traced module instead of inputs
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     last = placeholders[-1]
@@ -122,7 +128,7 @@ def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphMod
             attr = gm.graph.get_attr(f"w{i}")
         node.replace_all_uses_with(attr)
         gm.graph.erase_node(node)
-    for node, name in zip(placeholders[n_weights:], INPUT_NAMES):
+    for node, name in zip(placeholders[n_weights:], input_names):
         node.name = node.target = name
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional forward, no pytree
     gm.graph.lint()

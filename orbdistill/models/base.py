@@ -169,13 +169,38 @@ class StudentModel(torch.nn.Module):
         """Per-atom energies [N] (eV) from flat graph tensors; with ``return_features`` also
         the invariant features [N, F] (same forward pass)."""
         vectors = edge_vectors(positions, cell, edge_index, cell_shifts, batch)
+        return self.energies_from_vectors(vectors, atomic_numbers, edge_index, batch, cell.shape[0],
+                                          return_features=return_features)
+
+    def energies_from_vectors(self, vectors, atomic_numbers, edge_index, batch, n_structures: int,
+                              return_features: bool = False):
+        """Per-atom energies [N] (eV) from edge vectors [E, 3] (Å, ``x_j - x_i + shift``).
+
+        The whole energy model after the neighbour list: what the LAMMPS export evaluates on
+        local and ghost atoms (:mod:`orbdistill.lammps`), where every periodic image is an
+        atom of its own and there are no cell shifts.
+        """
         features = self.invariant_features(vectors, atomic_numbers, edge_index)
-        raw = self.readout_energies(features, atomic_numbers, batch, cell.shape[0])
+        raw = self.readout_energies(features, atomic_numbers, batch, n_structures)
         e = raw * self.energy_scale + self.energy_shift + self.element_refs[atomic_numbers]
         repulsion = getattr(self, "repulsion", None)
         if repulsion is not None:  # physical pair term: never rescaled by the fit
-            e = e + repulsion(vectors.norm(dim=1), atomic_numbers, edge_index, batch, cell.shape[0])
+            e = e + repulsion(vectors.norm(dim=1), atomic_numbers, edge_index, batch, n_structures)
         return (e, features) if return_features else e
+
+    def message_passing_hops(self) -> int:
+        """How many bonds away an atom's energy can see: the energy of atom i depends only on
+        atoms within this many neighbour-list hops (the number of message-passing steps).
+        Parallel domain decomposition (LAMMPS) needs it to size the ghost shell."""
+        raise NotImplementedError(f"{type(self).__name__} does not state its receptive field")
+
+    def is_local(self) -> Optional[str]:
+        """None when the energy is a sum of per-atom terms that each see a finite
+        neighbourhood (what a spatially decomposed MD code needs); otherwise the reason."""
+        if self.max_neighbors is not None:
+            return (f"max_neighbors = {self.max_neighbors}: a k-nearest cap depends on how ties between equal "
+                    "distances are broken, which differs between codes; use a student without the cap")
+        return None
 
     def forward(self, positions, atomic_numbers, edge_index, cell_shifts, cell, batch) -> torch.Tensor:
         """Per-atom energies [N] (eV)."""

@@ -159,6 +159,14 @@ class OrbStudentV1(StudentModel):
     def invariant_features(self, vectors, atomic_numbers, edge_index):
         return self.node_states(vectors, atomic_numbers, edge_index)
 
+    def message_passing_hops(self) -> int:
+        return len(self.config.step_hidden)
+
+    def is_local(self):
+        if self.config.readout == "mean_pool":
+            return "readout = 'mean_pool': the energy head sees the whole structure at once; use readout 'per_atom'"
+        return super().is_local()
+
     def readout_energies(self, h, atomic_numbers, batch, n_structures: int):
         if self.config.readout == "mean_pool":
             pooled = scatter_mean(h, batch, n_structures)

@@ -203,3 +203,6 @@ class FastStudentV2(StudentModel):
 
     def readout_energies(self, features, atomic_numbers, batch, n_structures: int):
         return self.readout(features).squeeze(-1)
+
+    def message_passing_hops(self) -> int:
+        return int(self.config.num_layers)
