@@ -154,9 +154,11 @@ def exported(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("nprocs", [1, 2])
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
 @pytest.mark.parametrize("kind", ["v2", "v1"])
 def test_lammps_equals_the_ase_calculator_on_a_triclinic_two_element_cell(plugin, exported, kind, nprocs):
+    """1 rank, 2 ranks (a slab each) and 4 ranks (a 2 x 2 grid: ghosts across edges and
+    corners; oversubscribed on 2 cores, which only costs time)."""
     from orbdistill.lammps.runner import evaluate
 
     model, path = exported[kind]

@@ -206,31 +206,15 @@ void PairOrbdistill::compute(int eflag, int vflag)
   double **x = atom->x;
   double **f = atom->f;
   int *type = atom->type;
+  tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const double cutsq_model = cutoff * cutoff;
-  // one rank: every ghost is a periodic image of a local atom, so the exact graph is the
-  // local atoms with each ghost neighbour replaced by its owner (the pair vector still
-  // comes from the image's position): no ghost shell, no repeated work
   const bool single = (comm->nprocs == 1);
+  // on one rank only local atoms need their neighbours (every ghost is an image of one)
   const int nlisted = single ? list->inum : list->inum + list->gnum;
 
-  std::vector<int> owner;
-  if (single) {
-    tagint maxtag = 0;
-    for (int i = 0; i < nlocal; i++) maxtag = std::max(maxtag, atom->tag[i]);
-    std::vector<int> local_of_tag(maxtag + 1, -1);
-    for (int i = 0; i < nlocal; i++) local_of_tag[atom->tag[i]] = i;
-    owner.resize(nall);
-    for (int i = 0; i < nall; i++) {
-      const tagint t = atom->tag[i];
-      owner[i] = (t >= 0 && t <= maxtag) ? local_of_tag[t] : -1;
-      if (owner[i] < 0) error->one(FLERR, "pair_style orbdistill: ghost atom with tag {} has no local owner", t);
-    }
-  }
-
-  // 1. every pair within the cutoff among atoms with a neighbour list (local, and on
-  //    several ranks ghost atoms too); the full list holds both directions of each pair
+  // 1. every pair within the cutoff from the neighbour lists (both directions)
   edge_a.clear();
   edge_b.clear();
   edge_r.clear();
@@ -241,10 +225,9 @@ void PairOrbdistill::compute(int eflag, int vflag)
     for (int jj = 0; jj < jnum; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      const double rsq = dx * dx + dy * dy + dz * dz;
-      if (rsq >= cutsq_model) continue;
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
       edge_a.push_back(i);
-      edge_b.push_back(single ? owner[j] : j);
+      edge_b.push_back(j);
       edge_r.push_back(dx);
       edge_r.push_back(dy);
       edge_r.push_back(dz);
@@ -252,25 +235,18 @@ void PairOrbdistill::compute(int eflag, int vflag)
   }
   const int n_pairs = edge_a.size();
 
-  node_of.assign(nall, -1);
-  atom_of.clear();
-  keep.clear();
-  if (single) {
-    for (int e = 0; e < n_pairs; e++) keep.push_back(e);
-  } else {
-    // 2. bonds from the nearest local atom, up to `hops` (edges were appended atom by
-    //    atom, so each first atom's edges are contiguous)
+  // 2. bonds from the nearest local atom, counted over images (edges were appended atom by
+  //    atom, so each first atom's edges are contiguous); one rank: local atoms only
+  hop.assign(nall, hops + 1);
+  for (int i = 0; i < nlocal; i++) hop[i] = 0;
+  if (!single) {
     std::vector<int> start(nall, -1), count(nall, 0);
     for (int e = 0; e < n_pairs; e++) {
       if (start[edge_a[e]] < 0) start[edge_a[e]] = e;
       count[edge_a[e]]++;
     }
-    hop.assign(nall, hops + 1);
     std::vector<int> frontier, next;
-    for (int i = 0; i < nlocal; i++) {
-      hop[i] = 0;
-      frontier.push_back(i);
-    }
+    for (int i = 0; i < nlocal; i++) frontier.push_back(i);
     for (int h = 1; h <= hops; h++) {
       next.clear();
       for (int i : frontier) {
@@ -285,22 +261,62 @@ void PairOrbdistill::compute(int eflag, int vflag)
       }
       frontier.swap(next);
     }
-    // 3. the graph the model needs: edges with an end fewer than `hops` bonds from a
-    //    local atom (the energies of local atoms see nothing else)
-    for (int e = 0; e < n_pairs; e++)
-      if (std::min(hop[edge_a[e]], hop[edge_b[e]]) < hops) keep.push_back(e);
   }
-  // local atoms first (isolated ones still have an energy), then the ghosts in use
+
+  // 3. one node per atom, not per image: a local atom stands for all its images, a remote
+  //    atom is represented by its image nearest the local atoms (whose neighbour list is
+  //    complete). The graph is then the periodic graph itself, cut to atoms at most `hops`
+  //    bonds from this rank's atoms, with no atom twice.
+  std::unordered_map<tagint, int> rep_of_tag;
+  rep_of_tag.reserve(2 * nall);
+  for (int i = 0; i < nlocal; i++) rep_of_tag[tag[i]] = i;
+  for (int i = nlocal; i < nall; i++) {
+    if (hop[i] > hops) continue;
+    auto it = rep_of_tag.find(tag[i]);
+    if (it == rep_of_tag.end()) rep_of_tag[tag[i]] = i;
+    else if (it->second >= nlocal && hop[i] < hop[it->second]) it->second = i;
+  }
+  auto rep = [&](int k) {
+    auto it = rep_of_tag.find(tag[k]);
+    if (it == rep_of_tag.end())
+      error->one(FLERR, "pair_style orbdistill: atom {} is a neighbour but was not reached (ghost cutoff too short?)",
+                 tag[k]);
+    return it->second;
+  };
+
+  // 4. directed edges: from every representative fewer than `hops` bonds away, each of its
+  //    pairs; towards a representative at the edge of the region (whose own pairs are not
+  //    taken) the reverse direction too. Each kept edge remembers the two images it joins
+  //    (forces go to them) and its vector x_to - x_from.
+  node_of.assign(nall, -1);
+  atom_of.clear();
+  keep.clear();    // (pair, direction): 2 e for forward, 2 e + 1 for reverse
   for (int i = 0; i < nlocal; i++) {
     node_of[i] = atom_of.size();
     atom_of.push_back(i);
   }
-  for (int e : keep)
-    for (int k : {edge_a[e], edge_b[e]})
-      if (node_of[k] < 0) {
-        node_of[k] = atom_of.size();
-        atom_of.push_back(k);
-      }
+  auto node = [&](int k) {
+    if (node_of[k] < 0) {
+      node_of[k] = atom_of.size();
+      atom_of.push_back(k);
+    }
+    return node_of[k];
+  };
+  std::vector<int64_t> src, dst;
+  for (int e = 0; e < n_pairs; e++) {
+    const int a = edge_a[e];
+    if (hop[a] >= hops || rep(a) != a) continue;
+    const int b = rep(edge_b[e]);
+    const int na = node(a), nb = node(b);
+    keep.push_back(2 * e);
+    src.push_back(na);
+    dst.push_back(nb);
+    if (hop[b] >= hops) {
+      keep.push_back(2 * e + 1);
+      src.push_back(nb);
+      dst.push_back(na);
+    }
+  }
   const int n_nodes = atom_of.size();
   const int n_edges = keep.size();
 
@@ -314,10 +330,11 @@ void PairOrbdistill::compute(int eflag, int vflag)
     auto v = vectors.accessor<double, 2>();
     auto ei = edge_index.accessor<int64_t, 2>();
     for (int k = 0; k < n_edges; k++) {
-      const int e = keep[k];
-      for (int d = 0; d < 3; d++) v[k][d] = edge_r[3 * e + d];
-      ei[0][k] = node_of[edge_a[e]];
-      ei[1][k] = node_of[edge_b[e]];
+      const int e = keep[k] / 2;
+      const double sign = (keep[k] % 2) ? -1.0 : 1.0;
+      for (int d = 0; d < 3; d++) v[k][d] = sign * edge_r[3 * e + d];
+      ei[0][k] = src[k];
+      ei[1][k] = dst[k];
     }
     auto z = numbers.accessor<int64_t, 1>();
     auto m = local_mask.accessor<double, 1>();
@@ -327,7 +344,7 @@ void PairOrbdistill::compute(int eflag, int vflag)
     }
   }
 
-  // 4. the student: energy of the local atoms, per-atom energies, dE/dr per pair
+  // 5. the student: energy of the local atoms, per-atom energies, dE/dr per edge
   std::vector<torch::jit::IValue> inputs{vectors.to(device, model_dtype), numbers.to(device),
                                          edge_index.to(device), local_mask.to(device, model_dtype)};
   torch::jit::IValue out;
@@ -342,32 +359,36 @@ void PairOrbdistill::compute(int eflag, int vflag)
   torch::Tensor atom_energies = outputs[1].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
   torch::Tensor grad = outputs[2].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
 
-  // 5. forces and virial from dE/dr, r = x_b - x_a: F_a += dE/dr, F_b -= dE/dr,
-  //    virial = -sym(sum r (x) dE/dr) (LAMMPS order xx yy zz xy xz yz)
+  // 6. forces on the two images an edge joins, r = x_to - x_from: F_from += dE/dr,
+  //    F_to -= dE/dr (ghost forces go back to their owners, newton on); virial
+  //    -sym(sum r (x) dE/dr) (LAMMPS order xx yy zz xy xz yz)
   auto g = grad.accessor<double, 2>();
+  auto v = vectors.accessor<double, 2>();
   double w[6] = {0, 0, 0, 0, 0, 0};
   for (int k = 0; k < n_edges; k++) {
-    const int e = keep[k];
-    const int a = edge_a[e], b = edge_b[e];
-    const double *r = &edge_r[3 * e];
+    const int e = keep[k] / 2;
+    const bool reverse = keep[k] % 2;
+    const int from = reverse ? edge_b[e] : edge_a[e];
+    const int to = reverse ? edge_a[e] : edge_b[e];
+    const double r[3] = {v[k][0], v[k][1], v[k][2]};
     const double gx = g[k][0], gy = g[k][1], gz = g[k][2];
-    f[a][0] += gx;
-    f[a][1] += gy;
-    f[a][2] += gz;
-    f[b][0] -= gx;
-    f[b][1] -= gy;
-    f[b][2] -= gz;
+    f[from][0] += gx;
+    f[from][1] += gy;
+    f[from][2] += gz;
+    f[to][0] -= gx;
+    f[to][1] -= gy;
+    f[to][2] -= gz;
     if (vflag_either) {
       // the symmetric part: the response to a symmetric strain, as the ASE calculator's
       // stress (r (x) dE/dr is symmetric only for an exactly rotation-invariant energy,
       // which Orb-style students are not)
-      const double v[6] = {-r[0] * gx, -r[1] * gy, -r[2] * gz, -0.5 * (r[0] * gy + r[1] * gx),
-                           -0.5 * (r[0] * gz + r[2] * gx), -0.5 * (r[1] * gz + r[2] * gy)};
-      for (int d = 0; d < 6; d++) w[d] += v[d];
-      if (vflag_atom)    // half of each pair's share to each end (as LAMMPS' pair styles do)
+      const double vir[6] = {-r[0] * gx, -r[1] * gy, -r[2] * gz, -0.5 * (r[0] * gy + r[1] * gx),
+                             -0.5 * (r[0] * gz + r[2] * gx), -0.5 * (r[1] * gz + r[2] * gy)};
+      for (int d = 0; d < 6; d++) w[d] += vir[d];
+      if (vflag_atom)    // half of each edge's share to each end (as LAMMPS' pair styles do)
         for (int d = 0; d < 6; d++) {
-          vatom[a][d] += 0.5 * v[d];
-          vatom[b][d] += 0.5 * v[d];
+          vatom[from][d] += 0.5 * vir[d];
+          vatom[to][d] += 0.5 * vir[d];
         }
     }
   }
