@@ -20,7 +20,7 @@ from orbdistill.config import ConfigError, _format_pydantic, build_config
 
 TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "split_method", "work_dir", "package_dir",
             "device", "threads", "executor", "onpolicy")
-TEACHER_KEYS = ("name", "weights", "precision")
+TEACHER_KEYS = ("name", "weights", "precision", "modal")
 STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
 
 
@@ -160,7 +160,7 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
     out = {
         "name": name,
         "teacher": {"name": teacher["name"], "weights": _resolve(teacher.get("weights"), base),
-                    **({"precision": teacher["precision"]} if teacher.get("precision") else {})},
+                    **{k: teacher[k] for k in ("precision", "modal") if teacher.get(k)}},
         "student": {"kind": student["kind"], "species": species, "overrides": dict(student.get("overrides", {})),
                     "init_from_teacher": bool(student.get("init_from_teacher", False))},
         "generate": dataclasses.asdict(gen),
@@ -240,10 +240,10 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
 
 
 def teacher_from_config(cfg: dict):
-    """The teacher a loaded distillation config names (weights and precision included)."""
+    """The teacher a loaded distillation config names (weights, precision and modal included)."""
     from orbdistill.teachers import load_teacher
 
     t = cfg["teacher"]
-    kwargs = {"precision": t["precision"]} if t.get("precision") else {}
+    kwargs = {k: t[k] for k in ("precision", "modal") if t.get(k)}
     return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
 

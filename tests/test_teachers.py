@@ -157,3 +157,58 @@ def test_a_loader_that_renamed_weights_path_fails_instead_of_downloading():
     assert calls == []
     _call_with_supported(loader, required=("weights_path",), device="cpu", compile=False)  # optional ones may go
     assert calls == [None]
+
+
+OFFLINE = [("sevennet-0-22may2024", {}), ("sevennet-l3i5", {}), ("sevennet-mf-0", {"modal": "PBE"}),
+           ("sevennet-mf-0", {"modal": "R2SCAN"}), ("chgnet", {}), ("chgnet-r2scan", {})]
+
+
+@pytest.mark.parametrize("name,kwargs", OFFLINE, ids=[n + "-" + "-".join(k.values()) for n, k in OFFLINE])
+def test_offline_teachers_load_by_name_and_are_conservative(name, kwargs):
+    """Every teacher whose weights ship in a wheel: it describes itself, is sane on Cu (no
+    force on a symmetric site, compression costs energy and gives negative ASE stress) and
+    its forces are -dE/dx (central differences on a rattled cell)."""
+    t = load_teacher(name, device="cpu", **kwargs)
+    d = t.describe()
+    assert d["name"] == name and 29 in d["species"] and 4.0 <= d["cutoff"] <= 6.0 and d["params"] > 100_000
+    assert t.spec == {"name": name, "weights": None, **kwargs}  # reloads the same way on a Dask worker
+    perfect = bulk("Cu", "fcc", a=3.61, cubic=True)
+    compressed = bulk("Cu", "fcc", a=3.45, cubic=True)
+    p, pc = t.predict([perfect, compressed])
+    assert np.isfinite(p.energy) and np.abs(p.forces).max() < 2e-3
+    assert pc.energy > p.energy and pc.stress[:3].mean() < 0
+    rattled = bulk("Cu", "fcc", a=3.61, cubic=True)
+    rattled.rattle(0.05, seed=1)
+    (r,) = t.predict(rattled)
+    h = 1e-3
+    for atom, axis in ((0, 0), (2, 1)):
+        plus, minus = rattled.copy(), rattled.copy()
+        plus.positions[atom, axis] += h
+        minus.positions[atom, axis] -= h
+        ep, em = (x.energy for x in t.predict([plus, minus]))
+        assert abs(-(ep - em) / (2 * h) - r.forces[atom, axis]) < 5e-3 + 0.02 * abs(r.forces[atom, axis])
+
+
+def test_multi_fidelity_modals_are_chosen_and_checked():
+    pbe = load_teacher("sevennet-mf-0", device="cpu")
+    assert pbe.extra["modal"] == "PBE"  # the default
+    r2scan = load_teacher("sevennet-mf-0", device="cpu", modal="R2SCAN")
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    (a,), (b,) = pbe.predict(cu), r2scan.predict(cu)
+    assert abs(a.energy - b.energy) / len(cu) > 0.05  # two levels of theory, two answers
+    with pytest.raises(ValueError, match="PBE or R2SCAN"):
+        load_teacher("sevennet-mf-0", device="cpu", modal="HSE")
+    with pytest.raises(ValueError, match="one level of theory"):
+        load_teacher("sevennet-0", device="cpu", modal="PBE")
+
+
+def test_a_distillation_config_passes_the_modal_to_the_teacher():
+    import json
+    from pathlib import Path
+
+    from orbdistill.distill_config import load_distill_config, teacher_from_config
+
+    workflows = Path(__file__).resolve().parents[1] / "workflows"
+    cfg = json.loads((workflows / "quickstart_cu_sevennet.json").read_text())
+    cfg["teacher"] = {"name": "sevennet-mf-0", "modal": "R2SCAN"}
+    assert teacher_from_config(load_distill_config(cfg, base_dir=workflows)).extra["modal"] == "R2SCAN"

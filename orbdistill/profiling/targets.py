@@ -119,6 +119,41 @@ def sevennet_target(teacher) -> Target:
     )
 
 
+def chgnet_target(teacher) -> Target:
+    """CHGNet: the atom graph (5 Å) and bond graph (3 Å) from CHGNet's own converter; its
+    forces and stress come from autograd inside ``model.forward``, after the readout MLP."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    model = teacher.model
+    device = next(model.parameters()).device
+
+    def make_inputs(atoms):
+        return model.graph_converter(AseAtomsAdaptor.get_structure(atoms)).to(device)
+
+    def step(graph, mark=_noop):
+        handle = model.mlp.register_forward_hook(lambda module, args, out: mark())
+        try:
+            return model([graph], task="efs")
+        finally:
+            handle.remove()
+
+    return Target(
+        name=teacher.name,
+        kind="teacher",
+        family="chgnet",
+        module=model,
+        make_inputs=make_inputs,
+        step=step,
+        conservative=True,
+        cutoff=teacher.cutoff,
+        max_neighbors=None,
+        random_weights=False,
+        count_edges=lambda graph: int(graph.atom_graph.shape[0]),
+        notes=["CHGNet also builds a bond graph (bonds under 3 Å and the angles between them); its forces and "
+               "stress are timed from the end of the readout MLP on."],
+    )
+
+
 def resolve_target(name_or_obj, device=None) -> Target:
     """A :class:`Target` for a teacher name (architecture only for Orb) or a student.
 
@@ -133,8 +168,12 @@ def resolve_target(name_or_obj, device=None) -> Target:
         key = name_or_obj.strip().lower()
         if key in ORB_NAMES:
             return orb_target(load_teacher(key, weights="random", device=device or "cpu"))
-        if key in ("sevennet-0", "7net-0"):
+        from orbdistill.teachers import CHGNET_NAMES, SEVENNET_NAMES
+
+        if key in SEVENNET_NAMES:
             return sevennet_target(load_teacher(key, device=device or "cpu"))
+        if key in CHGNET_NAMES:
+            return chgnet_target(load_teacher(key, device=device or "cpu"))
         if key == "emt":
             raise ValueError("'emt' is a classical potential with no neural network to analyse.")
     return student_target(name_or_obj, device=device)  # students: kinds, checkpoints and packages
