@@ -110,3 +110,22 @@ def test_memory_probe_reports_a_peak():
 
     m = measure_memory("orb-v3-direct-20-omat", None, 32, 2)
     assert m["peak_rss_mb"] > 100
+
+
+@pytest.mark.parametrize("name", ["sevennet-mf-0", "chgnet"])
+def test_the_analyser_reads_the_offline_teachers(name):
+    """SevenNet's multi-fidelity model (its graphs carry the level of theory) and CHGNet (its
+    own graph converter, forces timed after the readout): parameters are the model's own,
+    both passes have FLOPs and time."""
+    from ase.build import bulk
+
+    from orbdistill.profiling.analyzer import analyze
+    from orbdistill.teachers import load_teacher
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    atoms.rattle(0.02, seed=0)
+    report = analyze(name, structure=atoms, repeats=1, memory=False)
+    model = load_teacher(name, device="cpu").model
+    assert report["total_params"] == sum(p.numel() for p in model.parameters())
+    assert report["flops_forward_total"] > 0 and report["flops_backward_total"] > 0
+    assert report["latency_ms"]["forward"] > 0 and report["latency_ms"]["backward"] > 0

@@ -91,6 +91,8 @@ def sevennet_target(teacher) -> Target:
 
     def make_inputs(atoms):
         data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, calc.cutoff, with_shift=False))
+        if getattr(calc, "modal", None):  # multi-fidelity models: the level of theory, as SevenNet's calculator
+            data["data_modality"] = calc.modal
         return data.to(device)
 
     def step(data, mark=_noop):
@@ -120,7 +122,7 @@ def sevennet_target(teacher) -> Target:
 
 
 def chgnet_target(teacher) -> Target:
-    """CHGNet: the atom graph (5 Å) and bond graph (3 Å) from CHGNet's own converter; its
+    """CHGNet: the atom graph (6 Å) and bond graph (3 Å) from CHGNet's own converter; its
     forces and stress come from autograd inside ``model.forward``, after the readout MLP."""
     from pymatgen.io.ase import AseAtomsAdaptor
 

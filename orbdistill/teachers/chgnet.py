@@ -7,7 +7,7 @@ name                model
 ``chgnet-r2scan``   CHGNet transfer-learned on MP r2SCAN data
 ==================  ================================================================
 
-CHGNet builds a graph of atoms within 5 Å and a bond graph of bonds shorter than 3 Å (with
+CHGNet builds a graph of atoms within 6 Å and a bond graph of bonds shorter than 3 Å (with
 the angles between them); energies are extensive, forces and stress are gradients of the
 energy. Its calculator reports stress in GPa scaled by ``stress_weight``; orbdistill sets it
 to eV/Å^3 (ASE's unit and sign, checked in the tests).
