@@ -1,7 +1,7 @@
 /* pair_style orbdistill: an orbdistill student (exported with
  * `orbdistill export PACKAGE --format lammps`) as a LAMMPS pair style.
  *
- *   pair_style orbdistill [device cpu|cuda] [threads N]
+ *   pair_style orbdistill [device cpu|cuda] [threads N] [allocator tuned|system]
  *   pair_coeff * * model_lammps_float64.pt Cu Au     (one element per atom type)
  *
  * Message passing with L steps makes an atom's energy depend on atoms up to L bonds away.
@@ -47,6 +47,7 @@ class PairOrbdistill : public Pair {
   std::vector<long> type_to_z;      // LAMMPS type -> atomic number
   int torch_threads;
   bool model_loaded;
+  bool tune_allocator;    // keep freed memory in the process (glibc mallopt), on by default
 
   // work arrays reused between steps
   std::vector<int> hop, node_of, atom_of, edge_a, edge_b, keep;
