@@ -66,8 +66,9 @@ class StudentCalculator(Calculator):
             "warn" (default: a warning once per calculator, then a log line per structure),
             "raise" (:class:`ExtrapolationError`) or "ignore"
         tune_allocator: keep freed memory in the process instead of returning it to the
-            system between steps (glibc; process-wide, results unchanged): 1.8-2.6x faster
-            steps from about 2,000 atoms on (:func:`orbdistill.utils.tune_allocator`)
+            system between steps (glibc; process-wide, results unchanged): up to 2.6x faster
+            steps from about 2,000 atoms on, but the peak memory grows as the heap fragments
+            (:func:`orbdistill.utils.tune_allocator` has the figures); off by default
 
     Properties: ``energy``, ``free_energy`` (= energy), ``forces`` (eV/Å), ``stress``
     (Voigt xx, yy, zz, yz, xz, xy in eV/Å^3, ASE sign; only for cells with volume) and
@@ -89,7 +90,7 @@ class StudentCalculator(Calculator):
         num_threads: Optional[int] = None,
         backend: str = "torch",
         on_extrapolation: str = "warn",
-        tune_allocator: bool = True,
+        tune_allocator: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)

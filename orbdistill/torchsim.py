@@ -63,13 +63,13 @@ class StudentModel(ModelInterface):
         compute_stress: return ``stress`` [n_systems, 3, 3] (eV/Å^3; needed by NPT and
             cell relaxations); systems without a full cell get zeros
         min_distance: atoms closer than this (Å) raise ``ValueError`` (0 or None: no check)
-        tune_allocator: keep freed memory in the process between steps (glibc; see
-            :func:`orbdistill.utils.tune_allocator`)
+        tune_allocator: keep freed memory in the process between steps (glibc; faster on
+            large batches, more memory: see :func:`orbdistill.utils.tune_allocator`; off)
     """
 
     def __init__(self, model, device: Optional[Union[str, torch.device]] = None,
                  dtype: Union[str, torch.dtype] = "float32", compute_stress: bool = True,
-                 compute_forces: bool = True, min_distance: Optional[float] = 0.5, tune_allocator: bool = True):
+                 compute_forces: bool = True, min_distance: Optional[float] = 0.5, tune_allocator: bool = False):
         super().__init__()
         if tune_allocator:
             from orbdistill.utils import tune_allocator as _tune

@@ -45,7 +45,7 @@ static std::string species_text(const std::vector<int> &zs)
 
 PairOrbdistill::PairOrbdistill(LAMMPS *lmp) :
     Pair(lmp), device(torch::kCPU), model_dtype(torch::kFloat64), cutoff(0.0), hops(0),
-    torch_threads(0), model_loaded(false), tune_allocator(true)
+    torch_threads(0), model_loaded(false), tune_allocator(false)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -105,9 +105,11 @@ void PairOrbdistill::settings(int narg, char **arg)
   }
   if (torch_threads > 0) at::set_num_threads(torch_threads);
 #if defined(__GLIBC__)
-  // the model allocates and frees per-edge tensors of tens to hundreds of MB every step;
-  // glibc would map and unmap each of them (page faults on zeroed memory every step, 1.8-2.6x
-  // slower from ~2,000 atoms on). Keep freed memory in the process instead (results unchanged).
+  // `allocator tuned`: the model allocates and frees per-edge tensors of tens to hundreds of
+  // MB every step, and glibc maps and unmaps each of them (page faults on zeroed memory every
+  // step). Keeping freed memory in the process is up to 2.6x faster from ~2,000 atoms on, but
+  // the heap fragments and the peak memory grows (a 32,000-atom run was killed for memory on
+  // a 24 GB machine), so it is off unless asked for. Results are unchanged either way.
   if (tune_allocator) {
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);

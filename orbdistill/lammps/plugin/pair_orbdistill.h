@@ -47,7 +47,7 @@ class PairOrbdistill : public Pair {
   std::vector<long> type_to_z;      // LAMMPS type -> atomic number
   int torch_threads;
   bool model_loaded;
-  bool tune_allocator;    // keep freed memory in the process (glibc mallopt), on by default
+  bool tune_allocator;    // `allocator tuned`: keep freed memory in the process (glibc mallopt)
 
   // work arrays reused between steps
   std::vector<int> hop, node_of, atom_of, edge_a, edge_b, keep;
