@@ -187,7 +187,9 @@ def _check_teacher(cfg: dict, origin: str) -> None:
     t = cfg["teacher"]
     key = t["name"].strip().lower()
     if key not in available_teachers():
-        raise ConfigError(f"{origin}: teacher.name = {t['name']!r}: unknown; valid: {', '.join(available_teachers())}")
+        others = [n for n in available_teachers() if n not in ORB_NAMES]
+        raise ConfigError(f"{origin}: teacher.name = {t['name']!r}: unknown; valid: {', '.join(others)}, orb-v2, "
+                          "orb-v3-{conservative,direct}-{20,inf}-{omat,mpa} (`orbdistill teachers` lists them)")
     w = t.get("weights")
     if w is not None and key not in ORB_NAMES:
         raise ConfigError(f"{origin}: teacher.weights = {w!r}: only Orb teachers take weights")
