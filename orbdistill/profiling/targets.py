@@ -105,20 +105,16 @@ def sevennet_target(teacher) -> Target:
             if handle is not None:
                 handle.remove()
 
-    return Target(
-        name=teacher.name,
-        kind="teacher",
-        family="sevennet",
-        module=model,
-        make_inputs=make_inputs,
-        step=step,
-        conservative=True,
-        cutoff=teacher.cutoff,
-        max_neighbors=None,
-        random_weights=False,
-        count_edges=lambda data: int(data["edge_index"].shape[1]),
-        notes=["SevenNet computes forces inside its `force_output` module; its gradient pass is timed from that module on."],
-    )
+    return _pretrained_target(teacher, make_inputs, step, lambda data: int(data["edge_index"].shape[1]),
+                              "SevenNet computes forces inside its `force_output` module; its gradient pass is "
+                              "timed from that module on.")
+
+
+def _pretrained_target(teacher, make_inputs, step, count_edges, note: str) -> Target:
+    """The :class:`Target` of a pretrained, conservative teacher with a radius graph."""
+    return Target(name=teacher.name, kind="teacher", family=teacher.family, module=teacher.model,
+                  make_inputs=make_inputs, step=step, conservative=True, cutoff=teacher.cutoff, max_neighbors=None,
+                  random_weights=False, count_edges=count_edges, notes=[note])
 
 
 def chgnet_target(teacher) -> Target:
@@ -139,21 +135,9 @@ def chgnet_target(teacher) -> Target:
         finally:
             handle.remove()
 
-    return Target(
-        name=teacher.name,
-        kind="teacher",
-        family="chgnet",
-        module=model,
-        make_inputs=make_inputs,
-        step=step,
-        conservative=True,
-        cutoff=teacher.cutoff,
-        max_neighbors=None,
-        random_weights=False,
-        count_edges=lambda graph: int(graph.atom_graph.shape[0]),
-        notes=["CHGNet also builds a bond graph (bonds under 3 Å and the angles between them); its forces and "
-               "stress are timed from the end of the readout MLP on."],
-    )
+    return _pretrained_target(teacher, make_inputs, step, lambda graph: int(graph.atom_graph.shape[0]),
+                              "CHGNet also builds a bond graph (bonds under 3 Å and the angles between them); its "
+                              "forces and stress are timed from the end of the readout MLP on.")
 
 
 def resolve_target(name_or_obj, device=None) -> Target:
