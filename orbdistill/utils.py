@@ -60,8 +60,10 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
     By default glibc serves every block above a (dynamic, at most 32 MB) threshold with a
     fresh ``mmap`` and unmaps it on free. A student's gradient pass allocates and frees
     per-edge tensors of tens to hundreds of MB every step, so every step pays page faults on
-    freshly zeroed memory (74,000 per step at 2,048 atoms; 8,000 tuned). Raising the mmap and
-    trim thresholds to ``threshold_bytes`` removes most of them. Measured on the Cu v2
+    freshly zeroed memory: about 920,000 per step at 5,324 atoms (tensors above 32 MB are
+    always mapped afresh); at 2,048 atoms 74,000 in one run and 11,000 in another, as glibc's
+    dynamic threshold sometimes rises above those tensors. Raising the mmap and trim
+    thresholds to ``threshold_bytes`` removes most of them. Measured on the Cu v2
     package, 2 threads, energy + forces + stress:
 
     * faster: 309 -> 117 µs per atom-step at 8,788 atoms; 16,384 atoms, 5.5 -> 3.3 s a step;

@@ -11,7 +11,7 @@ CODE = """
 import resource, sys
 from ase.build import bulk
 from orbdistill import StudentCalculator
-atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(8)          # 2,048 atoms
+atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(11)   # 5,324 atoms: per-edge tensors of ~57 MB
 atoms.rattle(0.01, seed=0)
 atoms.calc = StudentCalculator("cu-sevennet-v2", num_threads=2, on_extrapolation="ignore",
                                tune_allocator=(sys.argv[1] == "tuned"))
@@ -28,13 +28,16 @@ print((faults() - before) // 2)
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_a_tuned_student_step_reuses_memory_instead_of_faulting_pages_in():
-    """With glibc's defaults each step maps its large per-edge tensors afresh and faults every
-    page in again (74,000 page faults per 2,048-atom step measured, which makes large steps up
-    to 2.6x slower); with tune_allocator=True the freed blocks are reused (8,000)."""
+    """With glibc's defaults a block above 32 MB (the most its dynamic mmap threshold rises to)
+    is mapped afresh at every allocation, so each step of a 5,324-atom cell faults its
+    per-edge tensors in again: about 920,000 page faults per step, measured twice, which is
+    what makes large steps up to 2.6x slower. With tune_allocator=True freed blocks are
+    reused: 1,700 and 233,000 in two runs (the heap sometimes still grows as it fragments,
+    the reason the tuning is opt-in)."""
     faults = {mode: int(subprocess.check_output([sys.executable, "-c", CODE, mode], text=True).split()[-1])
               for mode in ("system", "tuned")}
-    assert faults["system"] > 30_000
-    assert faults["tuned"] < 0.3 * faults["system"]
+    assert faults["system"] > 300_000
+    assert faults["tuned"] < 0.5 * faults["system"]
 
 
 def test_tune_allocator_says_whether_it_applied():
