@@ -37,21 +37,6 @@ from orbdistill.utils import resolve_dtype
 __all__ = ["StudentModel"]
 
 
-def _load(model):
-    """A StudentModel object, a checkpoint file, a package folder or a package name."""
-    import os
-
-    from orbdistill.models import StudentModel as _Student
-    from orbdistill.models import load_student
-    from orbdistill.packages import MODEL_FILE, find_package
-
-    if isinstance(model, _Student):
-        return model
-    if isinstance(model, (str, os.PathLike)) and os.path.isfile(os.fspath(model)):
-        return load_student(model)
-    return load_student(find_package(model) / MODEL_FILE)
-
-
 class StudentModel(ModelInterface):
     """An orbdistill student as a torch-sim model.
 
@@ -82,7 +67,13 @@ class StudentModel(ModelInterface):
         self._memory_scales_with = "n_atoms_x_density"
         if not self._compute_forces:
             raise ValueError("compute_forces=False: students compute forces with the energy; leave it True")
-        self.engine = TorchEngine(_load(model), self._device, self._dtype)
+        # the calculator's reading of ``model`` (object, checkpoint, package folder or name)
+        from orbdistill.calculator import StudentCalculator
+
+        engine = StudentCalculator(model, device=self._device, dtype=self._dtype, on_extrapolation="ignore").engine
+        if not isinstance(engine, TorchEngine):
+            raise ValueError(f"{model!r} did not load as a torch model (got the {engine.name} backend)")
+        self.engine = engine
         self.student = self.engine.model  # a registered submodule: .to() and parameters() reach it
         self.min_distance = min_distance or None
 
