@@ -69,6 +69,10 @@ class StudentCalculator(Calculator):
             system between steps (glibc; process-wide, results unchanged): up to 2.6x faster
             steps from about 2,000 atoms on, but the peak memory grows as the heap fragments
             (:func:`orbdistill.utils.tune_allocator` has the figures); off by default
+        fused_kernels: on the torch backend on CPU, evaluate with the fused kernels of
+            :mod:`orbdistill.kernels` (same results; compiled once on first use): "auto"
+            (default: where the student has them and they build), True (raise if they
+            cannot) or False (the eager model)
 
     Properties: ``energy``, ``free_energy`` (= energy), ``forces`` (eV/Å), ``stress``
     (Voigt xx, yy, zz, yz, xz, xy in eV/Å^3, ASE sign; only for cells with volume) and
@@ -91,6 +95,7 @@ class StudentCalculator(Calculator):
         backend: str = "torch",
         on_extrapolation: str = "warn",
         tune_allocator: bool = False,
+        fused_kernels: Union[bool, str] = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -113,15 +118,17 @@ class StudentCalculator(Calculator):
         elif isinstance(model, (str, os.PathLike)) and os.path.isfile(os.fspath(model)):
             from .models import load_student  # a checkpoint file
 
-            self.engine = TorchEngine(load_student(model), self.device, self.dtype)
+            self.engine = TorchEngine(load_student(model), self.device, self.dtype, fused_kernels=fused_kernels)
         elif isinstance(model, (str, os.PathLike)):  # a package folder or a package name
             package = find_package(model)
             self.card = read_card(package)
-            self.engine = load_engine(package, backend, self.device, self.dtype, num_threads=num_threads)
+            self.engine = load_engine(package, backend, self.device, self.dtype, num_threads=num_threads,
+                                      fused_kernels=fused_kernels)
             self.package = package
             self._load_domain(package)
         else:
-            self.engine = (CompileEngine if backend == "compile" else TorchEngine)(model, self.device, self.dtype)
+            self.engine = (CompileEngine(model, self.device, self.dtype) if backend == "compile"
+                           else TorchEngine(model, self.device, self.dtype, fused_kernels=fused_kernels))
         self.model = getattr(self.engine, "model", None)
         self.backend = self.engine.name
         self.species = set(self.engine.species)

@@ -36,10 +36,17 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model, device, dtype):
+    def __init__(self, model, device, dtype, fused_kernels="auto"):
         self.model = model.to(device=device, dtype=resolve_dtype(dtype)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        #: whether the fused CPU kernels (:mod:`orbdistill.kernels`) evaluate the model
+        self.fused = False
+        if fused_kernels and torch.device(device).type == "cpu" and self.model.supports_fused_kernels:
+            self.fused = self.model.use_fused_kernels(fused_kernels)
+        elif fused_kernels is True:
+            raise ValueError(f"fused_kernels=True needs a CPU device and a student that has them "
+                             f"({type(self.model).__name__} on {device})")
         self.species = [int(z) for z in self.model.species.tolist()]
         self.cutoff = self.model.cutoff
         self.max_neighbors = self.model.max_neighbors
@@ -80,7 +87,7 @@ class CompileEngine(TorchEngine):
     has_features = False
 
     def __init__(self, model, device, dtype, mode: Optional[str] = None):
-        super().__init__(model, device, dtype)
+        super().__init__(model, device, dtype, fused_kernels=False)  # Inductor compiles the eager graph
         compiled = torch.compile(self.model.atomic_energies, dynamic=True, mode=mode)
 
         def energies(*args):
@@ -160,8 +167,10 @@ class OnnxEngine(_ExportedEngine):
         return {k: torch.from_numpy(v) for k, v in self.runner(feeds).items()}
 
 
-def load_engine(package, backend: str = "torch", device=None, dtype="float32", num_threads=None):
-    """The engine ``backend`` for the package folder ``package`` (exported backends import no model code)."""
+def load_engine(package, backend: str = "torch", device=None, dtype="float32", num_threads=None,
+                fused_kernels="auto"):
+    """The engine ``backend`` for the package folder ``package`` (exported backends import no model code).
+    ``fused_kernels`` applies to the torch backend (:class:`TorchEngine`)."""
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
     package = Path(package)
@@ -170,8 +179,9 @@ def load_engine(package, backend: str = "torch", device=None, dtype="float32", n
     if backend in ("torch", "compile"):
         from .models import load_student
 
-        cls = TorchEngine if backend == "torch" else CompileEngine
-        return cls(load_student(package / MODEL_FILE), dev, dt)
+        if backend == "torch":
+            return TorchEngine(load_student(package / MODEL_FILE), dev, dt, fused_kernels=fused_kernels)
+        return CompileEngine(load_student(package / MODEL_FILE), dev, dt)
     f = exported_file(package, backend, dtype_name(dt))
     if not f.exists():
         raise FileNotFoundError(

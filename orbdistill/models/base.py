@@ -188,6 +188,36 @@ class StudentModel(torch.nn.Module):
             e = e + repulsion(vectors.norm(dim=1), atomic_numbers, edge_index, batch, n_structures)
         return (e, features) if return_features else e
 
+    #: whether this architecture has fused kernels (:mod:`orbdistill.kernels`)
+    supports_fused_kernels = False
+
+    def use_fused_kernels(self, enable="auto") -> bool:
+        """Evaluate with the fused CPU kernels of :mod:`orbdistill.kernels` (inference only:
+        forces and stress, no parameter gradients). ``"auto"`` turns them on where this
+        architecture has them and they build or load; ``True`` raises if they cannot;
+        ``False`` runs the eager model. Returns whether they are on. Models run eagerly on
+        other devices and while any parameter requires grad (training)."""
+        if enable not in (True, False, "auto"):
+            raise ValueError(f"enable must be True, False or 'auto', got {enable!r}")
+        on = False
+        if enable and self.supports_fused_kernels:
+            from ..kernels import kernels_available, load_kernels
+
+            if enable is True:
+                load_kernels()
+                on = True
+            else:
+                on = kernels_available()
+        elif enable is True:
+            raise ValueError(f"{type(self).__name__} has no fused kernels")
+        self._fused = on
+        return on
+
+    def fused_active(self, tensor: torch.Tensor) -> bool:
+        """True when this call takes the fused path (see :meth:`use_fused_kernels`)."""
+        return (getattr(self, "_fused", False) and tensor.device.type == "cpu"
+                and not any(p.requires_grad for p in self.parameters()))
+
     def message_passing_hops(self) -> int:
         """How many bonds away an atom's energy can see: the energy of atom i depends only on
         atoms within this many neighbour-list hops (the number of message-passing steps).

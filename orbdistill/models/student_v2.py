@@ -181,9 +181,13 @@ class FastStudentV2(StudentModel):
         self.readout = MLP(f, [c.readout_hidden], 1, c.activation)
         self.repulsion = build_repulsion(c.pair_repulsion, ("physical", "none"))
 
+    supports_fused_kernels = True
+
     def node_states(self, vectors, atomic_numbers, edge_index):
         """Scalar states [N, F] and vector states [N, 3 Fv] (x channels, then y, then z;
         None if ``use_vectors`` is off)."""
+        if self.fused_active(vectors):
+            return self._fused_node_states(vectors, atomic_numbers, edge_index)
         senders, receivers = edge_index[0], edge_index[1]
         r = vectors.norm(dim=1)
         envelope = polynomial_envelope(r, self.config.cutoff, self.config.envelope_p).unsqueeze(1)
@@ -195,6 +199,31 @@ class FastStudentV2(StudentModel):
             v = torch.zeros(s.shape[0], 3 * self.config.num_vector_features, dtype=s.dtype, device=s.device)
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates)):
             s, v = msg(s, v, radial, envelope, unit, senders, receivers, first=(k == 0))
+            s, v = upd(s, v)
+        return s, v
+
+    def _fused_node_states(self, vectors, atomic_numbers, edge_index):
+        """:meth:`node_states` with the fused kernels (:mod:`orbdistill.kernels`): the same
+        arithmetic, atom by atom, without per-edge tensors of width F."""
+        from .. import kernels
+
+        c = self.config
+        senders, receivers = edge_index[0].contiguous(), edge_index[1].contiguous()
+        s = self.embedding(atomic_numbers)
+        n = s.shape[0]
+        fv = c.num_vector_features if c.use_vectors else 0
+        feat = kernels.edge_geometry(vectors.contiguous(), self.radial.freqs.to(vectors.dtype), self.radial.prefactor,
+                                     c.cutoff, c.envelope_p)
+        sender_csr, receiver_csr = kernels.edge_csr(senders, n), kernels.edge_csr(receivers, n)
+        v = s.new_zeros((n, 3 * fv)) if c.use_vectors else None
+        for k, (msg, upd) in enumerate(zip(self.messages, self.updates)):
+            first = k == 0
+            ds, dv = kernels.painn_message(
+                feat, msg.phi(s).contiguous(), v if (v is not None and not first) else s.new_zeros((0,)), senders, receivers, sender_csr,
+                receiver_csr, msg.filter.weight.t().contiguous(), msg.filter.bias, c.num_features, fv, first)
+            s = s + ds
+            if c.use_vectors:
+                v = dv if first else v + dv
             s, v = upd(s, v)
         return s, v
 

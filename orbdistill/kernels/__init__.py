@@ -1,0 +1,136 @@
+"""Fused CPU kernels for the v2 student (``csrc/painn_kernels.cpp``).
+
+The eager v2 step is dominated by per-edge tensors: the message ``phi_j * W(r_ij)``
+([n_edges, F + 2 Fv] per layer), its products and scatters, and the same again in the
+gradient pass. The kernels compute the edge geometry (Bessel functions, envelope, unit
+vectors) and the whole message with its first derivatives atom by atom, so no per-edge
+tensor wider than the radial basis is ever written. They are registered with
+``torch.library`` as ``torch.ops.orbdistill.*``, so eager PyTorch, TorchScript files and
+the LAMMPS plugin call the same code.
+
+They are compiled with CMake against the installed torch on first use (about a minute on
+2 cores, then cached in ``$ORBDISTILL_CACHE``/kernels) or ahead of time with
+``orbdistill kernels build``. Where they cannot be built (no cmake or compiler) the
+students run eagerly, with one log line saying why; ``ORBDISTILL_KERNELS=0`` turns them
+off. They are for inference (forces, stress) on CPU: training and GPUs use the eager
+model.
+
+Example::
+
+    >>> from orbdistill.kernels import kernels_available
+    >>> kernels_available() in (True, False)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..cmake_build import BuildToolMissing, cache_root, cmake_build, source_hash
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+LIBRARY_NAME = "liborbdistill_kernels.so"
+
+__all__ = ["build_kernels", "load_kernels", "kernels_available", "kernels_path", "edge_csr", "edge_geometry",
+           "painn_message", "KernelsNotAvailable"]
+
+
+class KernelsNotAvailable(RuntimeError):
+    """The fused kernels could not be built or loaded; the message says why."""
+
+
+def default_build_dir() -> Path:
+    """``$ORBDISTILL_CACHE/kernels/<source hash>-torch<version>``: a new torch gets its own build."""
+    return cache_root() / "kernels" / f"{source_hash([SOURCE_DIR])}-torch{torch.__version__}"
+
+
+def kernels_path(build_dir=None) -> Path:
+    return Path(build_dir or default_build_dir()) / LIBRARY_NAME
+
+
+def build_kernels(build_dir=None, jobs: int = 2, force: bool = False, verbose: bool = False) -> Path:
+    """Compile the kernels (reused when built before for these sources and this torch).
+    Returns the path of the shared library."""
+    target = kernels_path(build_dir)
+    if not target.exists() or force:
+        log.warning("compiling orbdistill's fused kernels (once for this torch; about a minute on 2 cores)")
+    return cmake_build(SOURCE_DIR, target.parent, LIBRARY_NAME, jobs=jobs, force=force, verbose=verbose,
+                       what="orbdistill's fused kernels")
+
+
+_lock = threading.Lock()
+_state = {"loaded": False, "error": None}
+
+
+def _registered() -> bool:
+    try:
+        torch.ops.orbdistill.painn_message  # noqa: B018 (raises if absent)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def load_kernels(build: bool = True) -> Path:
+    """Load the kernels into this process (building them first if ``build`` and needed).
+    Raises :class:`KernelsNotAvailable` with the reason when that is not possible."""
+    with _lock:
+        if _state["loaded"]:
+            return kernels_path()
+        if os.environ.get("ORBDISTILL_KERNELS", "1").lower() in ("0", "off", "false", "no"):
+            raise KernelsNotAvailable("turned off by ORBDISTILL_KERNELS")
+        path = kernels_path()
+        try:
+            if not path.exists():
+                if not build:
+                    raise KernelsNotAvailable(f"not built ({path} missing): run `orbdistill kernels build`")
+                path = build_kernels()
+            if not _registered():  # the LAMMPS plugin or an earlier load may have brought them
+                torch.ops.load_library(str(path))
+        except KernelsNotAvailable:
+            raise
+        except (BuildToolMissing, RuntimeError, OSError) as exc:
+            raise KernelsNotAvailable(str(exc)) from exc
+        _state["loaded"] = True
+        return path
+
+
+def kernels_available(build: bool = True) -> bool:
+    """True when the kernels are loaded (or load now). The first failure is logged once."""
+    if _state["loaded"]:
+        return True
+    if _state["error"] is not None:
+        return False
+    try:
+        load_kernels(build=build)
+        return True
+    except KernelsNotAvailable as exc:
+        _state["error"] = str(exc)
+        log.warning("orbdistill's fused kernels are not available, students run eagerly: %s", exc)
+        return False
+
+
+# -- thin wrappers (shapes documented in csrc/painn_kernels.cpp) ----------------------------
+
+def edge_csr(index: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ptr [n + 1], perm [E])``: the edges of row ``a`` are ``perm[ptr[a]:ptr[a + 1]]``."""
+    return torch.ops.orbdistill.edge_csr(index, n)
+
+
+def edge_geometry(vectors: torch.Tensor, freqs: torch.Tensor, prefactor: float, r_max: float, p: int) -> torch.Tensor:
+    """``[E, R + 4]``: Bessel functions, envelope and unit vector of every edge vector."""
+    return torch.ops.orbdistill.edge_geometry(vectors, freqs, prefactor, r_max, p)
+
+
+def painn_message(feat, phi, v, senders, receivers, sender_csr, receiver_csr, wt, bias, f: int, fv: int,
+                  first: bool):
+    """``(ds [N, F], dv [N, 3 Fv])`` of the factorised PaiNN message."""
+    return torch.ops.orbdistill.painn_message(feat, phi, v, senders, receivers, sender_csr[0], sender_csr[1],
+                                              receiver_csr[0], receiver_csr[1], wt, bias, f, fv, first)

@@ -1,0 +1,532 @@
+// Fused CPU kernels for the v2 student (orbdistill/models/student_v2.py).
+//
+// The eager v2 step spends most of its time building, multiplying and scattering
+// per-edge tensors ([n_edges, F + 2 Fv] floats per layer, and again in the gradient pass).
+// These kernels walk the edges of one atom at a time and keep every per-edge quantity in
+// registers and a few cache lines, so nothing of width F is ever written per edge.
+//
+// Operators (namespace `orbdistill`, registered with torch.library):
+//
+//   edge_csr(index [E], n) -> (ptr [n + 1], perm [E])
+//       edges grouped by index (a stable counting sort): the edges of row a are
+//       perm[ptr[a] : ptr[a + 1]].
+//   edge_geometry(vectors [E, 3], freqs [R], prefactor, r_max, p) -> feat [E, R + 4]
+//       per edge: the R Bessel functions prefactor * sin(freqs[n] r) / r, the polynomial
+//       envelope of order p (zero beyond r_max) and the unit vector. Differentiable in
+//       `vectors`.
+//   painn_message(feat, phi [N, C], v [N, 3 Fv], senders, receivers, sender CSR,
+//                 receiver CSR, wt [R, C], bias [C], F, Fv, first) -> (ds [N, F], dv [N, 3 Fv])
+//       the factorised PaiNN message of PaiNNMessage.forward with C = F + 2 Fv:
+//       x = phi[j] * (feat_rbf @ wt + bias) * envelope for every edge i -> j, and
+//       ds_i = sum a, dv_i = sum (c * unit + b * v_j) (b * v_j left out when `first`).
+//       Differentiable in feat, phi and v.
+//
+// The gradients are first derivatives for inference (forces and stress): the weights
+// must not require grad and the backward cannot itself be differentiated. Training uses
+// the eager model. Forward and backward are parallel over atoms with ATen's thread pool
+// (torch.set_num_threads); each thread writes only its own atoms' rows, so there are no
+// atomics and the result does not depend on the number of threads.
+
+#include <torch/torch.h>
+#include <torch/library.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+// vectorisation hints that also work inside the AT_DISPATCH macros (`omp simd reduction`
+// allows the reassociation a vectorised sum needs)
+#define ORBDISTILL_PRAGMA(x) _Pragma(#x)
+#define ORBDISTILL_SIMD ORBDISTILL_PRAGMA(omp simd)
+#define ORBDISTILL_SIMD_SUM(v) ORBDISTILL_PRAGMA(omp simd reduction(+ : v))
+
+namespace orbdistill {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+constexpr int64_t kGrain = 16;  // atoms per task of parallel_for
+
+void check_index(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.scalar_type() == at::kLong && t.is_contiguous() && t.device().is_cpu(), name,
+              " must be a contiguous int64 CPU vector, got ", t.scalar_type(), " of shape ", t.sizes());
+}
+
+void check_float(const Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim &&
+                  (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
+              name, " must be a contiguous float32/float64 CPU tensor of ", dim, " dimensions, got ",
+              t.scalar_type(), " of shape ", t.sizes());
+}
+
+// Envelope coefficients: env = 1 - a x^p + b x^(p+1) - c x^(p+2).
+struct Envelope {
+  double a, b, c, inv_rmax;
+  int64_t p;
+  Envelope(double r_max, int64_t p_)
+      : a((p_ + 1.0) * (p_ + 2.0) / 2.0), b(p_ * (p_ + 2.0)), c(p_ * (p_ + 1.0) / 2.0), inv_rmax(1.0 / r_max), p(p_) {}
+  // value and d/dr at r; both zero at and beyond r_max (as the eager mask does)
+  void eval(double r, double& env, double& denv) const {
+    double x = r * inv_rmax;
+    if (x >= 1.0) {
+      env = 0.0;
+      denv = 0.0;
+      return;
+    }
+    double xp1 = 1.0;  // x^(p-1)
+    for (int64_t k = 1; k < p; ++k) xp1 *= x;
+    double xp = xp1 * x;
+    env = 1.0 - a * xp + b * xp * x - c * xp * x * x;
+    denv = (-a * p * xp1 + b * (p + 1) * xp - c * (p + 2) * xp * x) * inv_rmax;
+  }
+};
+
+// sin(f_n r) and cos(f_n r) for the R frequencies f_n = (n + 1) w + delta_n: the Chebyshev
+// recurrence for the exact multiples of w (one sin, one cos), then a second-order
+// correction for delta_n (float32-rounded frequencies held in float64 models differ from
+// the multiples by ~1e-7 relative; the correction leaves < 1e-11).
+inline void harmonics(const double* f, double r, int64_t R, double* s, double* c) {
+  const double w = f[0];
+  double s1 = std::sin(w * r), c1 = std::cos(w * r);
+  double sp = 0.0, cp = 1.0, sn = s1, cn = c1;
+  for (int64_t n = 0; n < R; ++n) {
+    const double t = (f[n] - (n + 1) * w) * r, t2 = 0.5 * t * t;
+    s[n] = sn * (1.0 - t2) + cn * t;
+    c[n] = cn * (1.0 - t2) - sn * t;
+    double s_next = 2.0 * c1 * sn - sp, c_next = 2.0 * c1 * cn - cp;
+    sp = sn;
+    cp = cn;
+    sn = s_next;
+    cn = c_next;
+  }
+}
+
+void check_freqs(const Tensor& freqs) {
+  TORCH_CHECK(freqs.dim() == 1 && freqs.numel() >= 1, "freqs must be a non-empty vector");
+  auto f = freqs.to(at::kDouble).contiguous();
+  const double* fp = f.data_ptr<double>();
+  for (int64_t n = 0; n < f.numel(); ++n) {
+    TORCH_CHECK(std::abs(fp[n] - (n + 1) * fp[0]) <= 1e-5 * std::abs(fp[0]) * (n + 1),
+                "the fused kernels need Bessel frequencies n * freqs[0] (n = 1..R); freqs[", n, "] = ", fp[n]);
+  }
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------
+// CSR of an edge index
+
+std::tuple<Tensor, Tensor> edge_csr(const Tensor& index, int64_t n) {
+  check_index(index, "index");
+  TORCH_CHECK(n >= 0, "n must be >= 0, got ", n);
+  const int64_t E = index.numel();
+  auto ptr = torch::zeros({n + 1}, index.options());
+  auto perm = torch::empty({E}, index.options());
+  const int64_t* id = index.data_ptr<int64_t>();
+  int64_t* pp = ptr.data_ptr<int64_t>();
+  int64_t* pm = perm.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(id[e] >= 0 && id[e] < n, "edge index ", id[e], " out of range for ", n, " atoms");
+    ++pp[id[e] + 1];
+  }
+  for (int64_t a = 0; a < n; ++a) pp[a + 1] += pp[a];
+  std::vector<int64_t> cursor(pp, pp + n);
+  for (int64_t e = 0; e < E; ++e) pm[cursor[id[e]]++] = e;
+  return {ptr, perm};
+}
+
+// ----------------------------------------------------------------------------------------
+// Edge geometry: Bessel functions, envelope, unit vector
+
+Tensor edge_geometry_cpu(const Tensor& vectors, const Tensor& freqs, double prefactor, double r_max, int64_t p) {
+  check_float(vectors, 2, "vectors");
+  TORCH_CHECK(vectors.size(1) == 3, "vectors must be [E, 3]");
+  check_freqs(freqs);
+  const int64_t E = vectors.size(0), R = freqs.numel(), K = R + 4;
+  const auto fd = freqs.to(at::kDouble).contiguous();
+  const double* f = fd.data_ptr<double>();
+  auto feat = torch::empty({E, K}, vectors.options());
+  const Envelope envelope(r_max, p);
+  AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "edge_geometry", [&] {
+    const scalar_t* vec = vectors.data_ptr<scalar_t>();
+    scalar_t* out = feat.data_ptr<scalar_t>();
+    at::parallel_for(0, E, 256, [&](int64_t begin, int64_t end) {
+      std::vector<double> s(R), c(R);
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t* x = vec + 3 * e;
+        double r = std::sqrt(double(x[0]) * x[0] + double(x[1]) * x[1] + double(x[2]) * x[2]);
+        double inv = 1.0 / r, env, denv;
+        harmonics(f, r, R, s.data(), c.data());
+        envelope.eval(r, env, denv);
+        scalar_t* o = out + K * e;
+        for (int64_t n = 0; n < R; ++n) o[n] = static_cast<scalar_t>(prefactor * s[n] * inv);
+        o[R] = static_cast<scalar_t>(env);
+        for (int d = 0; d < 3; ++d) o[R + 1 + d] = static_cast<scalar_t>(x[d] * inv);
+      }
+    });
+  });
+  return feat;
+}
+
+Tensor edge_geometry_backward_cpu(const Tensor& grad, const Tensor& vectors, const Tensor& freqs, double prefactor,
+                                  double r_max, int64_t p) {
+  check_float(vectors, 2, "vectors");
+  auto g = grad.contiguous();
+  const int64_t E = vectors.size(0), R = freqs.numel(), K = R + 4;
+  TORCH_CHECK(g.sizes() == torch::IntArrayRef({E, K}), "grad must be [E, R + 4]");
+  const auto fd = freqs.to(at::kDouble).contiguous();
+  const double* f = fd.data_ptr<double>();
+  auto gvec = torch::empty({E, 3}, vectors.options());
+  const Envelope envelope(r_max, p);
+  AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "edge_geometry_backward", [&] {
+    const scalar_t* vec = vectors.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* out = gvec.data_ptr<scalar_t>();
+    at::parallel_for(0, E, 256, [&](int64_t begin, int64_t end) {
+      std::vector<double> s(R), c(R);
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t* x = vec + 3 * e;
+        const scalar_t* ge = gp + K * e;
+        double r = std::sqrt(double(x[0]) * x[0] + double(x[1]) * x[1] + double(x[2]) * x[2]);
+        double inv = 1.0 / r, env, denv;
+        harmonics(f, r, R, s.data(), c.data());
+        envelope.eval(r, env, denv);
+        double dr = ge[R] * denv;  // d rbf_n / dr = pref (n w cos(n w r) / r - sin(n w r) / r^2)
+        for (int64_t n = 0; n < R; ++n) dr += ge[n] * prefactor * (f[n] * c[n] * inv - s[n] * inv * inv);
+        double u[3] = {x[0] * inv, x[1] * inv, x[2] * inv};
+        double dot = ge[R + 1] * u[0] + ge[R + 2] * u[1] + ge[R + 3] * u[2];
+        for (int d = 0; d < 3; ++d) out[3 * e + d] = static_cast<scalar_t>(dr * u[d] + (ge[R + 1 + d] - dot * u[d]) * inv);
+      }
+    });
+  });
+  return gvec;
+}
+
+// ----------------------------------------------------------------------------------------
+// The PaiNN message
+
+namespace {
+
+struct MessageShape {
+  int64_t N, E, R, K, C, F, Fv;
+};
+
+MessageShape check_message(const Tensor& feat, const Tensor& phi, const Tensor& v, const Tensor& senders,
+                           const Tensor& receivers, const Tensor& s_ptr, const Tensor& s_perm, const Tensor& r_ptr,
+                           const Tensor& r_perm, const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv,
+                           bool first) {
+  check_float(feat, 2, "feat");
+  check_float(phi, 2, "phi");
+  check_float(wt, 2, "wt");
+  check_float(bias, 1, "bias");
+  for (auto* t : {&senders, &receivers, &s_ptr, &s_perm, &r_ptr, &r_perm}) check_index(*t, "edge index and CSR");
+  MessageShape m{phi.size(0), feat.size(0), wt.size(0), feat.size(1), phi.size(1), F, Fv};
+  TORCH_CHECK(m.K == m.R + 4, "feat must be [E, R + 4] for wt [R, C]");
+  TORCH_CHECK(m.C == F + 2 * Fv && wt.size(1) == m.C && bias.numel() == m.C, "phi, wt and bias must have F + 2 Fv = ",
+              F + 2 * Fv, " columns");
+  TORCH_CHECK(senders.numel() == m.E && receivers.numel() == m.E && s_perm.numel() == m.E && r_perm.numel() == m.E,
+              "edge arrays must have one entry per edge");
+  TORCH_CHECK(s_ptr.numel() == m.N + 1 && r_ptr.numel() == m.N + 1, "CSR pointers must have N + 1 entries");
+  for (auto* t : {&phi, &wt, &bias}) TORCH_CHECK(t->scalar_type() == feat.scalar_type(), "dtypes differ");
+  if (Fv > 0 && !first) {
+    check_float(v, 2, "v");
+    TORCH_CHECK(v.size(0) == m.N && v.size(1) == 3 * Fv && v.scalar_type() == feat.scalar_type(), "v must be [N, 3 Fv]");
+  }
+  return m;
+}
+
+// w[c] = (bias[c] + sum_n rbf[n] wt[n, c]) * env; lin holds the bracket
+template <typename T>
+inline void filter(const T* __restrict fe, const T* __restrict wt, const T* __restrict bias, int64_t R, int64_t C,
+                   T* __restrict lin, T* __restrict w) {
+  const T env = fe[R];
+  for (int64_t c = 0; c < C; ++c) lin[c] = bias[c];
+  for (int64_t n = 0; n < R; ++n) {
+    const T rn = fe[n];
+    const T* __restrict row = wt + n * C;
+  ORBDISTILL_SIMD
+    for (int64_t c = 0; c < C; ++c) lin[c] += rn * row[c];
+  }
+  ORBDISTILL_SIMD
+  for (int64_t c = 0; c < C; ++c) w[c] = lin[c] * env;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> painn_message_cpu(const Tensor& feat, const Tensor& phi, const Tensor& v,
+                                             const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
+                                             const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm,
+                                             const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+  const auto m = check_message(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+  auto ds = torch::empty({m.N, F}, phi.options());
+  auto dv = torch::empty({m.N, 3 * Fv}, phi.options());
+  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message", [&] {
+    const scalar_t* fp = feat.data_ptr<scalar_t>();
+    const scalar_t* ph = phi.data_ptr<scalar_t>();
+    const scalar_t* vp = (Fv > 0 && !first) ? v.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* W = wt.data_ptr<scalar_t>();
+    const scalar_t* B = bias.data_ptr<scalar_t>();
+    const int64_t* rec = receivers.data_ptr<int64_t>();
+    const int64_t* ptr = s_ptr.data_ptr<int64_t>();
+    const int64_t* perm = s_perm.data_ptr<int64_t>();
+    scalar_t* dsp = ds.data_ptr<scalar_t>();
+    scalar_t* dvp = dv.data_ptr<scalar_t>();
+    const int64_t C = m.C, R = m.R, K = m.K, V = 3 * Fv;
+    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> lin(C), w(C);
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* dsi = dsp + i * F;
+        scalar_t* dvi = dvp + i * V;
+        for (int64_t c = 0; c < F; ++c) dsi[c] = 0;
+        for (int64_t c = 0; c < V; ++c) dvi[c] = 0;
+        for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+          const int64_t e = perm[k], j = rec[e];
+          const scalar_t* fe = fp + K * e;
+          if (fe[R] == scalar_t(0)) continue;  // beyond the cutoff: sends nothing
+          filter(fe, W, B, R, C, lin.data(), w.data());
+          const scalar_t* pj = ph + C * j;
+          for (int64_t c = 0; c < F; ++c) dsi[c] += pj[c] * w[c];
+          if (Fv == 0) continue;
+          const scalar_t* u = fe + R + 1;
+          const scalar_t* vj = vp ? vp + V * j : nullptr;
+          for (int d = 0; d < 3; ++d) {
+            scalar_t* out = dvi + d * Fv;
+            const scalar_t ud = u[d];
+            for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + Fv + q] * w[F + Fv + q] * ud;
+            if (vj)
+              for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + q] * w[F + q] * vj[d * Fv + q];
+          }
+        }
+      }
+    });
+  });
+  return {ds, dv};
+}
+
+std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
+    const Tensor& grad_ds, const Tensor& grad_dv, const Tensor& feat, const Tensor& phi, const Tensor& v,
+    const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr, const Tensor& s_perm, const Tensor& r_ptr,
+    const Tensor& r_perm, const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+  const auto m = check_message(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+  const int64_t V = 3 * Fv;
+  auto gds = grad_ds.contiguous();
+  auto gdv = grad_dv.contiguous();
+  TORCH_CHECK(gds.sizes() == torch::IntArrayRef({m.N, F}) && gdv.sizes() == torch::IntArrayRef({m.N, V}),
+              "grad_ds and grad_dv must be [N, F] and [N, 3 Fv]");
+  auto gfeat = torch::zeros({m.E, m.K}, feat.options());
+  auto gphi = torch::empty({m.N, m.C}, phi.options());
+  auto gv = torch::empty({(Fv > 0 && !first) ? m.N : 0, V}, phi.options());
+  AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message_backward", [&] {
+    const scalar_t* fp = feat.data_ptr<scalar_t>();
+    const scalar_t* ph = phi.data_ptr<scalar_t>();
+    const scalar_t* vp = (Fv > 0 && !first) ? v.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* W = wt.data_ptr<scalar_t>();
+    const scalar_t* B = bias.data_ptr<scalar_t>();
+    const scalar_t* gsp = gds.data_ptr<scalar_t>();
+    const scalar_t* gvp = gdv.data_ptr<scalar_t>();
+    const int64_t* snd = senders.data_ptr<int64_t>();
+    const int64_t* rec = receivers.data_ptr<int64_t>();
+    scalar_t* gfp = gfeat.data_ptr<scalar_t>();
+    scalar_t* gphp = gphi.data_ptr<scalar_t>();
+    scalar_t* gvv = vp ? gv.data_ptr<scalar_t>() : nullptr;
+    const int64_t C = m.C, R = m.R, K = m.K;
+
+    // gx[c] = dL/dx_c for the edge i -> j (x = phi_j * w)
+    auto edge_gx = [&](const scalar_t* gsi, const scalar_t* gvi, const scalar_t* u, const scalar_t* vj, scalar_t* gx) {
+      for (int64_t c = 0; c < F; ++c) gx[c] = gsi[c];
+      for (int64_t q = 0; q < Fv; ++q) {
+        gx[F + Fv + q] = gvi[q] * u[0] + gvi[Fv + q] * u[1] + gvi[2 * Fv + q] * u[2];
+        gx[F + q] = vj ? gvi[q] * vj[q] + gvi[Fv + q] * vj[Fv + q] + gvi[2 * Fv + q] * vj[2 * Fv + q] : scalar_t(0);
+      }
+    };
+
+    // Pass 1, by sender: the gradient of each edge's features (rbf, envelope, unit vector).
+    const int64_t* sptr = s_ptr.data_ptr<int64_t>();
+    const int64_t* sperm = s_perm.data_ptr<int64_t>();
+    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> lin(C), w(C), gx(C), gw(C);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* gsi = gsp + i * F;
+        const scalar_t* gvi = gvp + i * V;
+        for (int64_t k = sptr[i]; k < sptr[i + 1]; ++k) {
+          const int64_t e = sperm[k], j = rec[e];
+          const scalar_t* fe = fp + K * e;
+          const scalar_t env = fe[R];
+          if (env == scalar_t(0)) continue;
+          filter(fe, W, B, R, C, lin.data(), w.data());
+          const scalar_t* pj = ph + C * j;
+          const scalar_t* u = fe + R + 1;
+          edge_gx(gsi, gvi, u, vp ? vp + V * j : nullptr, gx.data());
+          scalar_t* ge = gfp + K * e;
+          // reductions: `omp simd reduction` lets the compiler vectorise them (reassociation)
+          scalar_t* __restrict gwp = gw.data();
+          const scalar_t* __restrict lp = lin.data();
+          scalar_t genv = 0;
+          ORBDISTILL_SIMD_SUM(genv)
+          for (int64_t c = 0; c < C; ++c) {
+            gwp[c] = gx[c] * pj[c];
+            genv += gwp[c] * lp[c];
+          }
+          for (int64_t n = 0; n < R; ++n) {
+            const scalar_t* __restrict row = W + n * C;
+            scalar_t acc = 0;
+            ORBDISTILL_SIMD_SUM(acc)
+            for (int64_t c = 0; c < C; ++c) acc += gwp[c] * row[c];
+            ge[n] = acc * env;
+          }
+          ge[R] = genv;
+          for (int d = 0; d < 3; ++d) {
+            scalar_t acc = 0;
+            const scalar_t* __restrict gvd = gvi + d * Fv;
+            ORBDISTILL_SIMD_SUM(acc)
+            for (int64_t q = 0; q < Fv; ++q) acc += gvd[q] * pj[F + Fv + q] * w[F + Fv + q];
+            ge[R + 1 + d] = acc;
+          }
+        }
+      }
+    });
+
+    // Pass 2, by receiver: the gradient of the neighbours' node inputs phi_j and v_j.
+    const int64_t* rptr = r_ptr.data_ptr<int64_t>();
+    const int64_t* rperm = r_perm.data_ptr<int64_t>();
+    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> lin(C), w(C), gx(C);
+      for (int64_t j = begin; j < end; ++j) {
+        scalar_t* gpj = gphp + C * j;
+        scalar_t* gvj = gvv ? gvv + V * j : nullptr;
+        for (int64_t c = 0; c < C; ++c) gpj[c] = 0;
+        if (gvj)
+          for (int64_t c = 0; c < V; ++c) gvj[c] = 0;
+        const scalar_t* pj = ph + C * j;
+        for (int64_t k = rptr[j]; k < rptr[j + 1]; ++k) {
+          const int64_t e = rperm[k], i = snd[e];
+          const scalar_t* fe = fp + K * e;
+          if (fe[R] == scalar_t(0)) continue;
+          filter(fe, W, B, R, C, lin.data(), w.data());
+          const scalar_t* gvi = gvp + i * V;
+          edge_gx(gsp + i * F, gvi, fe + R + 1, vp ? vp + V * j : nullptr, gx.data());
+          for (int64_t c = 0; c < C; ++c) gpj[c] += gx[c] * w[c];
+          if (gvj)
+            for (int d = 0; d < 3; ++d)
+              for (int64_t q = 0; q < Fv; ++q) gvj[d * Fv + q] += gvi[d * Fv + q] * pj[F + q] * w[F + q];
+        }
+      }
+    });
+  });
+  return {gfeat, gphi, gv};
+}
+
+// ----------------------------------------------------------------------------------------
+// Autograd
+
+namespace {
+
+const char* kInferenceOnly =
+    "orbdistill's fused kernels give first derivatives only (forces and stress at inference): "
+    "the weights must not require grad and the gradient cannot be differentiated again. "
+    "Train with the eager model (StudentModel.use_fused_kernels(False)).";
+
+class EdgeGeometryFn : public torch::autograd::Function<EdgeGeometryFn> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& vectors, const Tensor& freqs, double prefactor,
+                        double r_max, int64_t p) {
+    TORCH_CHECK(!freqs.requires_grad(), kInferenceOnly);
+    ctx->save_for_backward({vectors, freqs});
+    ctx->saved_data["prefactor"] = prefactor;
+    ctx->saved_data["r_max"] = r_max;
+    ctx->saved_data["p"] = p;
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("orbdistill::edge_geometry", "").typed<decltype(edge_geometry_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(vectors, freqs, prefactor, r_max, p);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), kInferenceOnly);
+    auto saved = ctx->get_saved_variables();
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("orbdistill::edge_geometry_backward", "")
+                         .typed<decltype(edge_geometry_backward_cpu)>();
+    auto g = op.call(grads[0], saved[0], saved[1], ctx->saved_data["prefactor"].toDouble(),
+                     ctx->saved_data["r_max"].toDouble(), ctx->saved_data["p"].toInt());
+    return {g, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+class PainnMessageFn : public torch::autograd::Function<PainnMessageFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& feat, const Tensor& phi, const Tensor& v,
+                               const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
+                               const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm, const Tensor& wt,
+                               const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+    TORCH_CHECK(!wt.requires_grad() && !bias.requires_grad(), kInferenceOnly);
+    ctx->save_for_backward({feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias});
+    ctx->saved_data["F"] = F;
+    ctx->saved_data["Fv"] = Fv;
+    ctx->saved_data["first"] = first;
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("orbdistill::painn_message", "").typed<decltype(painn_message_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+    return {std::get<0>(out), std::get<1>(out)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), kInferenceOnly);
+    auto s = ctx->get_saved_variables();
+    const int64_t F = ctx->saved_data["F"].toInt(), Fv = ctx->saved_data["Fv"].toInt();
+    const bool first = ctx->saved_data["first"].toBool();
+    const int64_t N = s[1].size(0);
+    auto gds = grads[0].defined() ? grads[0] : torch::zeros({N, F}, s[1].options());
+    auto gdv = grads[1].defined() ? grads[1] : torch::zeros({N, 3 * Fv}, s[1].options());
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("orbdistill::painn_message_backward", "")
+                         .typed<decltype(painn_message_backward_cpu)>();
+    auto out = op.call(gds, gdv, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], F, Fv, first);
+    Tensor gv = (Fv > 0 && !first) ? std::get<2>(out) : Tensor();
+    return {std::get<0>(out), std::get<1>(out), gv, Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor edge_geometry_autograd(const Tensor& vectors, const Tensor& freqs, double prefactor, double r_max, int64_t p) {
+  return EdgeGeometryFn::apply(vectors, freqs, prefactor, r_max, p);
+}
+
+std::tuple<Tensor, Tensor> painn_message_autograd(const Tensor& feat, const Tensor& phi, const Tensor& v,
+                                                  const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
+                                                  const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm,
+                                                  const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv,
+                                                  bool first) {
+  auto out = PainnMessageFn::apply(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(orbdistill, m) {
+  m.def("edge_csr(Tensor index, int n) -> (Tensor, Tensor)");
+  m.def("edge_geometry(Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
+  m.def("edge_geometry_backward(Tensor grad, Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
+  m.def(
+      "painn_message(Tensor feat, Tensor phi, Tensor v, Tensor senders, Tensor receivers, Tensor s_ptr, "
+      "Tensor s_perm, Tensor r_ptr, Tensor r_perm, Tensor wt, Tensor bias, int F, int Fv, bool first) -> (Tensor, Tensor)");
+  m.def(
+      "painn_message_backward(Tensor grad_ds, Tensor grad_dv, Tensor feat, Tensor phi, Tensor v, Tensor senders, "
+      "Tensor receivers, Tensor s_ptr, Tensor s_perm, Tensor r_ptr, Tensor r_perm, Tensor wt, Tensor bias, int F, "
+      "int Fv, bool first) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(orbdistill, CPU, m) {
+  m.impl("edge_csr", edge_csr);
+  m.impl("edge_geometry", edge_geometry_cpu);
+  m.impl("edge_geometry_backward", edge_geometry_backward_cpu);
+  m.impl("painn_message", painn_message_cpu);
+  m.impl("painn_message_backward", painn_message_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(orbdistill, Autograd, m) {
+  m.impl("edge_geometry", edge_geometry_autograd);
+  m.impl("painn_message", painn_message_autograd);
+}
+
+}  // namespace orbdistill
