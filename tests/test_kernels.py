@@ -219,3 +219,61 @@ def test_turning_the_kernels_off_falls_back_to_the_eager_model():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert "turned off by ORBDISTILL_KERNELS" in out.stderr
+
+
+def test_fused_kernels_on_an_asymmetric_knn_graph_equal_the_eager_model():
+    """A k-nearest cap makes the edge list asymmetric (j may be among i's nearest, i not
+    among j's): the kernels must notice and take the general two-pass gradient."""
+    from orbdistill.graph import build_graph, edge_vectors
+    from orbdistill.kernels import edge_symmetric
+
+    model = v2(species=(29, 79), max_neighbors=7)
+    atoms = cu_au_cell()
+    g = build_graph([atoms], model.cutoff, model.max_neighbors, dtype=torch.float64)
+    vec = edge_vectors(g.positions, g.cell, g.edge_index, g.cell_shifts, g.batch)
+    senders = g.edge_index[0].contiguous()
+    assert not edge_symmetric(senders, g.edge_index[1].contiguous(), vec, edge_csr(senders, len(atoms)))
+    eager = results(model, atoms, fused=False)
+    fused = results(model, atoms, fused=True)
+    np.testing.assert_allclose(fused["forces"], eager["forces"], atol=1e-10)
+    np.testing.assert_allclose(fused["stress"], eager["stress"], atol=1e-11)
+
+
+def test_full_neighbour_lists_are_recognised_as_symmetric():
+    from orbdistill.graph import build_graph, edge_vectors
+    from orbdistill.kernels import edge_symmetric
+
+    for atoms in (cu_au_cell(), _slab(), bulk("Cu", "fcc", a=3.61)):  # the last: 1 atom, all edges to images
+        g = build_graph([atoms], 5.0, dtype=torch.float64)
+        vec = edge_vectors(g.positions, g.cell, g.edge_index, g.cell_shifts, g.batch)
+        senders = g.edge_index[0].contiguous()
+        assert edge_symmetric(senders, g.edge_index[1].contiguous(), vec, edge_csr(senders, len(atoms)))
+        # dropping one edge breaks the symmetry
+        keep = torch.arange(g.num_edges) != 3
+        s2, r2 = senders[keep].contiguous(), g.edge_index[1][keep].contiguous()
+        assert not edge_symmetric(s2, r2, vec[keep].contiguous(), edge_csr(s2, len(atoms)))
+
+
+def test_symmetric_and_general_gradient_passes_agree():
+    from orbdistill.graph import build_graph, edge_vectors
+
+    model = v2(species=(29, 79)).double()
+    atoms = cu_au_cell()
+    g = build_graph([atoms], model.cutoff, dtype=torch.float64)
+    vec = edge_vectors(g.positions, g.cell, g.edge_index, g.cell_shifts, g.batch).contiguous()
+    n, f, fv = len(atoms), model.config.num_features, model.config.num_vector_features
+    s, r = g.edge_index[0].contiguous(), g.edge_index[1].contiguous()
+    sc, rc = edge_csr(s, n), edge_csr(r, n)
+    feat = torch.ops.orbdistill.edge_geometry(vec, model.radial.freqs, model.radial.prefactor, model.cutoff, 6)
+    gen = torch.Generator().manual_seed(0)
+    phi, v = torch.randn(n, f + 2 * fv, generator=gen, dtype=torch.float64), torch.randn(n, 3 * fv, generator=gen,
+                                                                                          dtype=torch.float64)
+    gds, gdv = torch.randn(n, f, generator=gen, dtype=torch.float64), torch.randn(n, 3 * fv, generator=gen,
+                                                                                  dtype=torch.float64)
+    msg = model.messages[1].filter
+    args = (gds, gdv, feat, phi, v, s, r, sc[0], sc[1], rc[0], rc[1], msg.weight.detach().t().contiguous(),
+            msg.bias.detach(), f, fv, False)
+    general = torch.ops.orbdistill.painn_message_backward(*args, False)
+    folded = torch.ops.orbdistill.painn_message_backward(*args, True)
+    for a, b in zip(general, folded):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)

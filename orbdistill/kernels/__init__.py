@@ -40,7 +40,7 @@ SOURCE_DIR = Path(__file__).parent / "csrc"
 LIBRARY_NAME = "liborbdistill_kernels.so"
 
 __all__ = ["build_kernels", "load_kernels", "kernels_available", "kernels_path", "edge_csr", "edge_geometry",
-           "painn_message", "KernelsNotAvailable"]
+           "edge_symmetric", "EdgeStructure", "painn_message", "KernelsNotAvailable"]
 
 
 class KernelsNotAvailable(RuntimeError):
@@ -129,8 +129,36 @@ def edge_geometry(vectors: torch.Tensor, freqs: torch.Tensor, prefactor: float, 
     return torch.ops.orbdistill.edge_geometry(vectors, freqs, prefactor, r_max, p)
 
 
+def edge_symmetric(senders, receivers, vectors, sender_csr) -> bool:
+    """True when every edge ``i -> j`` has a reverse ``j -> i`` with exactly the opposite vector."""
+    return bool(torch.ops.orbdistill.edge_symmetric(senders, receivers, vectors, sender_csr[0], sender_csr[1]))
+
+
+class EdgeStructure:
+    """What the kernels need to know about an edge list besides its vectors: sender and
+    receiver CSR, and whether the list is symmetric (then the gradient pass evaluates
+    each edge's filter once instead of twice). Kept while the same ``edge_index`` tensor
+    comes back (a neighbour list reused with a Verlet skin), rebuilt otherwise."""
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def __call__(self, edge_index: torch.Tensor, vectors: torch.Tensor, n: int):
+        key = (edge_index, edge_index._version, n)
+        if self._key is not None and key[0] is self._key[0] and key[1:] == self._key[1:]:
+            return self._value
+        senders, receivers = edge_index[0].contiguous(), edge_index[1].contiguous()
+        sender_csr = edge_csr(senders, n)
+        symmetric = edge_symmetric(senders, receivers, vectors.detach().contiguous(), sender_csr)
+        receiver_csr = sender_csr if symmetric else edge_csr(receivers, n)
+        self._key, self._value = key, (senders, receivers, sender_csr, receiver_csr, symmetric)
+        return self._value
+
+
 def painn_message(feat, phi, v, senders, receivers, sender_csr, receiver_csr, wt, bias, f: int, fv: int,
-                  first: bool):
-    """``(ds [N, F], dv [N, 3 Fv])`` of the factorised PaiNN message."""
+                  first: bool, symmetric: bool = False):
+    """``(ds [N, F], dv [N, 3 Fv])`` of the factorised PaiNN message (``symmetric``: the
+    edge list is symmetric, see :func:`edge_symmetric`)."""
     return torch.ops.orbdistill.painn_message(feat, phi, v, senders, receivers, sender_csr[0], sender_csr[1],
-                                              receiver_csr[0], receiver_csr[1], wt, bias, f, fv, first)
+                                              receiver_csr[0], receiver_csr[1], wt, bias, f, fv, first, symmetric)

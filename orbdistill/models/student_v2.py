@@ -208,19 +208,21 @@ class FastStudentV2(StudentModel):
         from .. import kernels
 
         c = self.config
-        senders, receivers = edge_index[0].contiguous(), edge_index[1].contiguous()
         s = self.embedding(atomic_numbers)
         n = s.shape[0]
         fv = c.num_vector_features if c.use_vectors else 0
+        if "_edge_structure" not in self.__dict__:
+            self.__dict__["_edge_structure"] = kernels.EdgeStructure()
+        senders, receivers, sender_csr, receiver_csr, symmetric = self.__dict__["_edge_structure"](edge_index, vectors, n)
         feat = kernels.edge_geometry(vectors.contiguous(), self.radial.freqs.to(vectors.dtype), self.radial.prefactor,
                                      c.cutoff, c.envelope_p)
-        sender_csr, receiver_csr = kernels.edge_csr(senders, n), kernels.edge_csr(receivers, n)
         v = s.new_zeros((n, 3 * fv)) if c.use_vectors else None
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates)):
             first = k == 0
             ds, dv = kernels.painn_message(
                 feat, msg.phi(s).contiguous(), v if (v is not None and not first) else s.new_zeros((0,)), senders, receivers, sender_csr,
-                receiver_csr, msg.filter.weight.t().contiguous(), msg.filter.bias, c.num_features, fv, first)
+                receiver_csr, msg.filter.weight.t().contiguous(), msg.filter.bias, c.num_features, fv, first,
+                symmetric)
             s = s + ds
             if c.use_vectors:
                 v = dv if first else v + dv

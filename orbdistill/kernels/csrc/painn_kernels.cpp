@@ -31,6 +31,7 @@
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -136,6 +137,45 @@ std::tuple<Tensor, Tensor> edge_csr(const Tensor& index, int64_t n) {
   std::vector<int64_t> cursor(pp, pp + n);
   for (int64_t e = 0; e < E; ++e) pm[cursor[id[e]]++] = e;
   return {ptr, perm};
+}
+
+// True when every edge i -> j has a reverse edge j -> i whose vector is exactly the
+// negative (a full neighbour list: the pair seen from both atoms, through opposite
+// lattice shifts). Edges are matched through the sender CSR; O(E x neighbours).
+bool edge_symmetric(const Tensor& senders, const Tensor& receivers, const Tensor& vectors, const Tensor& s_ptr,
+                    const Tensor& s_perm) {
+  check_index(senders, "senders");
+  check_index(receivers, "receivers");
+  check_index(s_ptr, "s_ptr");
+  check_index(s_perm, "s_perm");
+  check_float(vectors, 2, "vectors");
+  const int64_t N = s_ptr.numel() - 1;
+  std::atomic<bool> ok{true};
+  AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "edge_symmetric", [&] {
+    const scalar_t* vec = vectors.data_ptr<scalar_t>();
+    const int64_t* rec = receivers.data_ptr<int64_t>();
+    const int64_t* ptr = s_ptr.data_ptr<int64_t>();
+    const int64_t* perm = s_perm.data_ptr<int64_t>();
+    at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end && ok.load(std::memory_order_relaxed); ++i) {
+        for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+          const int64_t e = perm[k], j = rec[e];
+          const scalar_t* x = vec + 3 * e;
+          bool found = false;
+          for (int64_t l = ptr[j]; l < ptr[j + 1] && !found; ++l) {
+            const int64_t f = perm[l];
+            const scalar_t* y = vec + 3 * f;
+            found = rec[f] == i && y[0] == -x[0] && y[1] == -x[1] && y[2] == -x[2];
+          }
+          if (!found) {
+            ok.store(false, std::memory_order_relaxed);
+            return;
+          }
+        }
+      }
+    });
+  });
+  return ok.load();
 }
 
 // ----------------------------------------------------------------------------------------
@@ -259,7 +299,8 @@ inline void filter(const T* __restrict fe, const T* __restrict wt, const T* __re
 std::tuple<Tensor, Tensor> painn_message_cpu(const Tensor& feat, const Tensor& phi, const Tensor& v,
                                              const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
                                              const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm,
-                                             const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+                                             const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first,
+                                             bool /*symmetric: the forward pass is by sender either way*/) {
   const auto m = check_message(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
   auto ds = torch::empty({m.N, F}, phi.options());
   auto dv = torch::empty({m.N, 3 * Fv}, phi.options());
@@ -309,7 +350,7 @@ std::tuple<Tensor, Tensor> painn_message_cpu(const Tensor& feat, const Tensor& p
 std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
     const Tensor& grad_ds, const Tensor& grad_dv, const Tensor& feat, const Tensor& phi, const Tensor& v,
     const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr, const Tensor& s_perm, const Tensor& r_ptr,
-    const Tensor& r_perm, const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+    const Tensor& r_perm, const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first, bool symmetric) {
   const auto m = check_message(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
   const int64_t V = 3 * Fv;
   auto gds = grad_ds.contiguous();
@@ -344,13 +385,24 @@ std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
     };
 
     // Pass 1, by sender: the gradient of each edge's features (rbf, envelope, unit vector).
+    // On a symmetric graph (every edge i -> j has its reverse j -> i with the opposite
+    // vector: full neighbour lists) the reverse edge has the same filter w and the unit
+    // vector -u, and its gradient lands on node i, which this thread owns: pass 2 is folded
+    // in here and the filter is evaluated once per edge instead of twice.
     const int64_t* sptr = s_ptr.data_ptr<int64_t>();
     const int64_t* sperm = s_perm.data_ptr<int64_t>();
     at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> lin(C), w(C), gx(C), gw(C);
+      std::vector<scalar_t> lin(C), w(C), gx(C), gw(C), gxr(C);
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* gsi = gsp + i * F;
         const scalar_t* gvi = gvp + i * V;
+        scalar_t* gpi = gphp + C * i;
+        scalar_t* gvo = gvv ? gvv + V * i : nullptr;
+        if (symmetric) {
+          for (int64_t c = 0; c < C; ++c) gpi[c] = 0;
+          if (gvo)
+            for (int64_t c = 0; c < V; ++c) gvo[c] = 0;
+        }
         for (int64_t k = sptr[i]; k < sptr[i + 1]; ++k) {
           const int64_t e = sperm[k], j = rec[e];
           const scalar_t* fe = fp + K * e;
@@ -385,9 +437,22 @@ std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
             for (int64_t q = 0; q < Fv; ++q) acc += gvd[q] * pj[F + Fv + q] * w[F + Fv + q];
             ge[R + 1 + d] = acc;
           }
+          if (symmetric) {  // the reverse edge j -> i: neighbour i, centre j
+            const scalar_t ur[3] = {-u[0], -u[1], -u[2]};
+            const scalar_t* gvj = gvp + j * V;
+            edge_gx(gsp + j * F, gvj, ur, vp ? vp + V * i : nullptr, gxr.data());
+            ORBDISTILL_SIMD
+            for (int64_t c = 0; c < C; ++c) gpi[c] += gxr[c] * w[c];
+            if (gvo) {
+              const scalar_t* pi = ph + C * i;
+              for (int d = 0; d < 3; ++d)
+                for (int64_t q = 0; q < Fv; ++q) gvo[d * Fv + q] += gvj[d * Fv + q] * pi[F + q] * w[F + q];
+            }
+          }
         }
       }
     });
+    if (symmetric) return;
 
     // Pass 2, by receiver: the gradient of the neighbours' node inputs phi_j and v_j.
     const int64_t* rptr = r_ptr.data_ptr<int64_t>();
@@ -459,32 +524,33 @@ class PainnMessageFn : public torch::autograd::Function<PainnMessageFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& feat, const Tensor& phi, const Tensor& v,
                                const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
                                const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm, const Tensor& wt,
-                               const Tensor& bias, int64_t F, int64_t Fv, bool first) {
+                               const Tensor& bias, int64_t F, int64_t Fv, bool first, bool symmetric) {
     TORCH_CHECK(!wt.requires_grad() && !bias.requires_grad(), kInferenceOnly);
+    ctx->saved_data["symmetric"] = symmetric;
     ctx->save_for_backward({feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias});
     ctx->saved_data["F"] = F;
     ctx->saved_data["Fv"] = Fv;
     ctx->saved_data["first"] = first;
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("orbdistill::painn_message", "").typed<decltype(painn_message_cpu)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = op.call(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+    auto out = op.call(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first, symmetric);
     return {std::get<0>(out), std::get<1>(out)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(), kInferenceOnly);
     auto s = ctx->get_saved_variables();
     const int64_t F = ctx->saved_data["F"].toInt(), Fv = ctx->saved_data["Fv"].toInt();
-    const bool first = ctx->saved_data["first"].toBool();
+    const bool first = ctx->saved_data["first"].toBool(), symmetric = ctx->saved_data["symmetric"].toBool();
     const int64_t N = s[1].size(0);
     auto gds = grads[0].defined() ? grads[0] : torch::zeros({N, F}, s[1].options());
     auto gdv = grads[1].defined() ? grads[1] : torch::zeros({N, 3 * Fv}, s[1].options());
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("orbdistill::painn_message_backward", "")
                          .typed<decltype(painn_message_backward_cpu)>();
-    auto out = op.call(gds, gdv, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], F, Fv, first);
+    auto out = op.call(gds, gdv, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], F, Fv, first, symmetric);
     Tensor gv = (Fv > 0 && !first) ? std::get<2>(out) : Tensor();
     return {std::get<0>(out), std::get<1>(out), gv, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -496,8 +562,9 @@ std::tuple<Tensor, Tensor> painn_message_autograd(const Tensor& feat, const Tens
                                                   const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
                                                   const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm,
                                                   const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv,
-                                                  bool first) {
-  auto out = PainnMessageFn::apply(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
+                                                  bool first, bool symmetric) {
+  auto out = PainnMessageFn::apply(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv,
+                                   first, symmetric);
   return {out[0], out[1]};
 }
 
@@ -505,19 +572,22 @@ std::tuple<Tensor, Tensor> painn_message_autograd(const Tensor& feat, const Tens
 
 TORCH_LIBRARY(orbdistill, m) {
   m.def("edge_csr(Tensor index, int n) -> (Tensor, Tensor)");
+  m.def("edge_symmetric(Tensor senders, Tensor receivers, Tensor vectors, Tensor s_ptr, Tensor s_perm) -> bool");
   m.def("edge_geometry(Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
   m.def("edge_geometry_backward(Tensor grad, Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
   m.def(
       "painn_message(Tensor feat, Tensor phi, Tensor v, Tensor senders, Tensor receivers, Tensor s_ptr, "
-      "Tensor s_perm, Tensor r_ptr, Tensor r_perm, Tensor wt, Tensor bias, int F, int Fv, bool first) -> (Tensor, Tensor)");
+      "Tensor s_perm, Tensor r_ptr, Tensor r_perm, Tensor wt, Tensor bias, int F, int Fv, bool first, bool symmetric) "
+      "-> (Tensor, Tensor)");
   m.def(
       "painn_message_backward(Tensor grad_ds, Tensor grad_dv, Tensor feat, Tensor phi, Tensor v, Tensor senders, "
       "Tensor receivers, Tensor s_ptr, Tensor s_perm, Tensor r_ptr, Tensor r_perm, Tensor wt, Tensor bias, int F, "
-      "int Fv, bool first) -> (Tensor, Tensor, Tensor)");
+      "int Fv, bool first, bool symmetric) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(orbdistill, CPU, m) {
   m.impl("edge_csr", edge_csr);
+  m.impl("edge_symmetric", edge_symmetric);
   m.impl("edge_geometry", edge_geometry_cpu);
   m.impl("edge_geometry_backward", edge_geometry_backward_cpu);
   m.impl("painn_message", painn_message_cpu);
