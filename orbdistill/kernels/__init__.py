@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -94,6 +94,7 @@ def load_kernels(build: bool = True) -> Path:
                 path = build_kernels()
             if not _registered():  # the LAMMPS plugin or an earlier load may have brought them
                 torch.ops.load_library(str(path))
+            _register_python_parts()
         except KernelsNotAvailable:
             raise
         except (BuildToolMissing, RuntimeError, OSError) as exc:
@@ -119,9 +120,84 @@ def kernels_available(build: bool = True) -> bool:
 
 # -- thin wrappers (shapes documented in csrc/painn_kernels.cpp) ----------------------------
 
-def edge_csr(index: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(ptr [n + 1], perm [E])``: the edges of row ``a`` are ``perm[ptr[a]:ptr[a + 1]]``."""
-    return torch.ops.orbdistill.edge_csr(index, n)
+def edge_csr(index: torch.Tensor, nodes) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ptr [n + 1], perm [E])``: the edges of row ``a`` are ``perm[ptr[a]:ptr[a + 1]]``;
+    ``nodes`` is the number of rows n or a tensor with n rows (traced exports pass a
+    tensor, so that n stays symbolic)."""
+    if not isinstance(nodes, torch.Tensor):
+        nodes = index.new_empty((int(nodes), 0))
+    return torch.ops.orbdistill.edge_csr(index, nodes)
+
+
+_SECOND_DERIVATIVE = ("orbdistill's fused kernels give first derivatives only (forces and stress at inference); "
+                      "the gradient cannot be differentiated again. Train with the eager model "
+                      "(StudentModel.use_fused_kernels(False)).")
+
+
+def _register_python_parts() -> None:
+    """Autograd (first derivatives) and output shapes for fake-tensor tracing (``make_fx``,
+    the exports). Autograd lives here, not in C++: torch.func transforms support it, and the
+    exports trace the gradient pass into their graphs as calls of the ``*_backward`` ops."""
+    lib = "orbdistill::"
+    ops = torch.ops.orbdistill
+
+    def _first_derivative_only(grads) -> None:
+        # create_graph=True leaves grad mode on in the backward and gives the incoming
+        # gradients a history; plain force evaluations and torch.func.grad do neither
+        if torch.is_grad_enabled() and any(g is not None and g.requires_grad for g in grads):
+            raise RuntimeError(_SECOND_DERIVATIVE)
+
+    def geometry_setup(ctx, inputs, output):
+        vectors, freqs, prefactor, r_max, p = inputs
+        ctx.save_for_backward(vectors, freqs)
+        ctx.args = (prefactor, r_max, p)
+
+    def geometry_backward(ctx, grad):
+        _first_derivative_only([grad])
+        vectors, freqs = ctx.saved_tensors
+        return ops.edge_geometry_backward(grad.contiguous(), vectors, freqs, *ctx.args), None, None, None, None
+
+    torch.library.register_autograd(lib + "edge_geometry", geometry_backward, setup_context=geometry_setup)
+
+    def message_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:11])
+        ctx.args = inputs[11:]
+        ctx.n_inputs = len(inputs)
+
+    def message_backward(ctx, grad_ds, grad_dv):
+        _first_derivative_only([grad_ds, grad_dv])
+        saved = ctx.saved_tensors
+        f, fv, first, symmetric = ctx.args
+        phi = saved[1]
+        grad_ds = grad_ds.contiguous() if grad_ds is not None else phi.new_zeros((phi.shape[0], f))
+        grad_dv = grad_dv.contiguous() if grad_dv is not None else phi.new_zeros((phi.shape[0], 3 * fv))
+        gfeat, gphi, gv = ops.painn_message_backward(grad_ds, grad_dv, *saved, f, fv, first, symmetric)
+        gv = gv if (fv > 0 and not first) else None
+        return (gfeat, gphi, gv) + (None,) * (ctx.n_inputs - 3)
+
+    torch.library.register_autograd(lib + "painn_message", message_backward, setup_context=message_setup)
+
+    @torch.library.register_fake(lib + "edge_csr")
+    def _(index, nodes):
+        return index.new_empty((nodes.shape[0] + 1,)), index.new_empty(index.shape)
+
+    @torch.library.register_fake(lib + "edge_geometry")
+    def _(vectors, freqs, prefactor, r_max, p):
+        return vectors.new_empty((vectors.shape[0], freqs.shape[0] + 4))
+
+    @torch.library.register_fake(lib + "edge_geometry_backward")
+    def _(grad, vectors, freqs, prefactor, r_max, p):
+        return vectors.new_empty(vectors.shape)
+
+    @torch.library.register_fake(lib + "painn_message")
+    def _(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, f, fv, first, symmetric):
+        return phi.new_empty((phi.shape[0], f)), phi.new_empty((phi.shape[0], 3 * fv))
+
+    @torch.library.register_fake(lib + "painn_message_backward")
+    def _(grad_ds, grad_dv, feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, f, fv, first,
+          symmetric):
+        rows = phi.shape[0] if (fv > 0 and not first) else 0
+        return feat.new_empty(feat.shape), phi.new_empty(phi.shape), phi.new_empty((rows, 3 * fv))
 
 
 def edge_geometry(vectors: torch.Tensor, freqs: torch.Tensor, prefactor: float, r_max: float, p: int) -> torch.Tensor:
@@ -140,17 +216,26 @@ class EdgeStructure:
     each edge's filter once instead of twice). Kept while the same ``edge_index`` tensor
     comes back (a neighbour list reused with a Verlet skin), rebuilt otherwise."""
 
-    def __init__(self):
+    def __init__(self, detect_symmetry: bool = True):
+        #: False for graphs traced into exports: the exported file must not assume the
+        #: symmetry of the example it was traced on
+        self.detect_symmetry = detect_symmetry
         self._key = None
         self._value = None
 
-    def __call__(self, edge_index: torch.Tensor, vectors: torch.Tensor, n: int):
+    def __call__(self, edge_index: torch.Tensor, vectors: torch.Tensor, nodes: torch.Tensor):
+        """``nodes``: a tensor with one row per atom."""
+        if not self.detect_symmetry:  # tracing: no caching, no data-dependent branch
+            senders, receivers = edge_index[0].contiguous(), edge_index[1].contiguous()
+            return senders, receivers, edge_csr(senders, nodes), edge_csr(receivers, nodes), False
+        n = nodes.shape[0]
         key = (edge_index, edge_index._version, n)
         if self._key is not None and key[0] is self._key[0] and key[1:] == self._key[1:]:
             return self._value
         senders, receivers = edge_index[0].contiguous(), edge_index[1].contiguous()
         sender_csr = edge_csr(senders, n)
-        symmetric = edge_symmetric(senders, receivers, vectors.detach().contiguous(), sender_csr)
+        symmetric = self.detect_symmetry and edge_symmetric(senders, receivers, vectors.detach().contiguous(),
+                                                            sender_csr)
         receiver_csr = sender_csr if symmetric else edge_csr(receivers, n)
         self._key, self._value = key, (senders, receivers, sender_csr, receiver_csr, symmetric)
         return self._value

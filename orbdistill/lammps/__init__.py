@@ -24,18 +24,16 @@ spatially decomposed: no k-nearest neighbour cap (``max_neighbors``) and no pool
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from orbdistill.cmake_build import cache_root, cmake_build, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +53,22 @@ class LammpsNotAvailable(RuntimeError):
 # --------------------------------------------------------------------------------------
 # The exported model
 # --------------------------------------------------------------------------------------
+
+
+def _pair_outputs_autograd(model):
+    """:func:`_pair_outputs` through ``torch.autograd.grad``: the fused kernels' gradient
+    is registered with torch.library, which ``make_fx`` traces but ``torch.func`` does not."""
+
+    def full(params, buffers, vectors, atomic_numbers, edge_index, local_mask):
+        with torch.enable_grad():
+            vectors = vectors.detach().requires_grad_(True)
+            batch = torch.zeros_like(atomic_numbers)
+            e = _call_energies(model, params, buffers, vectors, atomic_numbers, edge_index, batch)
+            total = (e * local_mask).sum()
+            (g,) = torch.autograd.grad(total, vectors)
+        return total.detach(), e.detach(), g
+
+    return full
 
 
 def _pair_outputs(model):
@@ -112,22 +126,40 @@ def _example(model, dtype) -> Tuple[torch.Tensor, ...]:
     return vectors, g.atomic_numbers, g.edge_index, mask
 
 
-def pair_model(model, dtype=torch.float64) -> torch.fx.GraphModule:
-    """The autograd-free traced graph the LAMMPS export scripts (weights as buffers)."""
+def pair_model(model, dtype=torch.float64, fused_kernels: bool = False) -> torch.fx.GraphModule:
+    """The autograd-free traced graph the LAMMPS export scripts (weights as buffers).
+
+    ``fused_kernels``: trace the fused CPU kernels (:mod:`orbdistill.kernels`) into the
+    graph as ``orbdistill::`` operators (the plugin loads them), for students that have them.
+    """
     from orbdistill.export.traced import trace_with_weights
 
     reason = model.is_local()
     if reason:
         raise ValueError(f"This student cannot run in LAMMPS: {reason}.")
     model = model.to(dtype=dtype).eval()
-    return trace_with_weights(model, _pair_outputs(model), _example(model, dtype),
-                              ["vectors", "atomic_numbers", "edge_index", "local_mask"])
+    names = ["vectors", "atomic_numbers", "edge_index", "local_mask"]
+    if not fused_kernels:
+        return trace_with_weights(model, _pair_outputs(model), _example(model, dtype), names)
+    was = getattr(model, "_fused", False)
+    model.use_fused_kernels(True)
+    model._fused_for_export = True  # the plugin's graphs are not symmetric: the general gradient pass
+    requires = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return trace_with_weights(model, _pair_outputs_autograd(model), _example(model, dtype), names)
+    finally:
+        model._fused, model._fused_for_export = was, False
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
 
 
-def lammps_metadata(model, dtype: torch.dtype) -> str:
+def lammps_metadata(model, dtype: torch.dtype, fused_kernels: bool = False) -> str:
     """The ``lammps.txt`` the plugin reads (one ``key value`` per line)."""
     return "\n".join([
         f"format {LAMMPS_FORMAT}",
+        f"kernels {int(bool(fused_kernels))}",
         f"cutoff {float(model.cutoff)!r}",
         f"hops {int(model.message_passing_hops())}",
         f"dtype {str(dtype).replace('torch.', '')}",
@@ -135,25 +167,42 @@ def lammps_metadata(model, dtype: torch.dtype) -> str:
     ]) + "\n"
 
 
-def export_lammps(model, path, dtype=torch.float64, weights_sha256: Optional[str] = None) -> Path:
+def export_lammps(model, path, dtype=torch.float64, weights_sha256: Optional[str] = None,
+                  fused_kernels="auto") -> Path:
     """Write the TorchScript file ``pair_style orbdistill`` loads.
 
     Args:
         model: a :class:`orbdistill.models.StudentModel`
         path: the file to write (atomically)
         dtype: torch.float64 (reference accuracy) or torch.float32 (faster)
+        fused_kernels: call the fused CPU kernels (:mod:`orbdistill.kernels`) in the file:
+            "auto" (default: where the student has them and they build), True or False.
+            Such a file runs on CPU in a plugin built with them (``orbdistill lammps build``
+            does); False writes a file of standard operators only (also for CUDA).
     """
     from orbdistill.export.traced import _scriptable, metadata
 
     path = Path(path)
-    scripted = torch.jit.script(_scriptable(pair_model(model, dtype)))
+    if fused_kernels not in (True, False, "auto"):
+        raise ValueError(f"fused_kernels must be True, False or 'auto', got {fused_kernels!r}")
+    fused = False
+    if fused_kernels and model.supports_fused_kernels:
+        from orbdistill.kernels import kernels_available, load_kernels
+
+        if fused_kernels is True:
+            load_kernels()
+        fused = fused_kernels is True or kernels_available()
+    elif fused_kernels is True:
+        raise ValueError(f"{type(model).__name__} has no fused kernels")
+    scripted = torch.jit.script(_scriptable(pair_model(model, dtype, fused_kernels=fused)))
     meta = metadata(model, dtype, "lammps", weights_sha256)
     meta["inputs"] = json.dumps(["vectors", "atomic_numbers", "edge_index", "local_mask"])
     meta["outputs"] = json.dumps(["energy", "energies", "dE_dvectors"])
     meta["hops"] = str(model.message_passing_hops())
+    meta["fused_kernels"] = json.dumps(fused)
     tmp = path.with_name(path.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(meta),
-                                                     "lammps.txt": lammps_metadata(model, dtype)})
+                                                     "lammps.txt": lammps_metadata(model, dtype, fused)})
     os.replace(tmp, path)
     return path
 
@@ -205,23 +254,17 @@ def lammps_paths() -> dict:
     return out
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for p in sorted(SOURCE_DIR.iterdir()):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def default_build_dir() -> Path:
-    """``$ORBDISTILL_CACHE`` (or ``~/.cache/orbdistill``)/lammps-plugin/<sources, torch and
-    lammps versions>: a new torch or LAMMPS gets a build of its own."""
-    base = Path(os.environ.get("ORBDISTILL_CACHE", Path.home() / ".cache" / "orbdistill"))
+    """``$ORBDISTILL_CACHE`` (or ``~/.cache/orbdistill``)/lammps-plugin/<sources (the plugin's
+    and the kernels'), torch and lammps versions>: a new torch or LAMMPS gets a build of its own."""
+    from orbdistill.kernels import SOURCE_DIR as KERNELS_SOURCE
+
     try:
         lmp_version = lammps_paths()["version"]
     except LammpsNotAvailable:
         lmp_version = "none"
-    return base / "lammps-plugin" / f"{_source_hash()}-torch{torch.__version__}-lammps{lmp_version}"
+    return cache_root() / "lammps-plugin" / (f"{source_hash([SOURCE_DIR, KERNELS_SOURCE])}-torch{torch.__version__}"
+                                             f"-lammps{lmp_version}")
 
 
 def plugin_path(build_dir=None) -> Path:
@@ -232,47 +275,32 @@ def plugin_path(build_dir=None) -> Path:
     return target
 
 
-def _cmake() -> str:
-    exe = shutil.which("cmake")
-    if exe is None:
-        raise LammpsNotAvailable("cmake is not installed: pip install cmake (or orbdistill[lammps])")
-    return exe
-
-
 def build_plugin(build_dir=None, jobs: int = 2, force: bool = False, verbose: bool = False) -> Path:
-    """Compile ``pair_style orbdistill`` against the installed lammps and torch.
+    """Compile ``pair_style orbdistill`` against the installed lammps and torch, with the
+    fused kernels (:mod:`orbdistill.kernels`, built first) that exports may call.
 
     A finished build for the same sources and versions is reused unless ``force``.
     Returns the path of ``orbdistillplugin.so`` (give it to LAMMPS' ``plugin load``, or put
     its folder on ``LAMMPS_PLUGIN_PATH`` to have LAMMPS load it at start).
     """
+    from orbdistill.cmake_build import BuildToolMissing
+    from orbdistill.kernels import KernelsNotAvailable, build_kernels
+
     paths = lammps_paths()
     build_dir = Path(build_dir or default_build_dir())
-    target = build_dir / PLUGIN_NAME
-    if target.exists() and not force:
-        return target
-    build_dir.mkdir(parents=True, exist_ok=True)
-    work = build_dir / "cmake"
-    configure = [
-        _cmake(), "-S", str(SOURCE_DIR), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release",
-        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        f"-DLAMMPS_INCLUDE_DIR={paths['include']}", f"-DLAMMPS_LIBRARY={paths['library']}",
-        f"-DMPI_INCLUDE_DIR={paths['mpi_include']}", f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={work / 'out'}",
-    ]
-    compile_ = [_cmake(), "--build", str(work), "--parallel", str(jobs)]
-    for cmd in (configure, compile_):
-        log.info("running %s", " ".join(cmd))
-        res = subprocess.run(cmd, capture_output=not verbose, text=True)
-        if res.returncode != 0:
-            tail = "\n".join(((res.stdout or "") + (res.stderr or "")).strip().splitlines()[-25:])
-            raise RuntimeError(f"Building the LAMMPS plugin failed at `{' '.join(cmd[:3])} ...`:\n{tail}")
-    built = work / "out" / PLUGIN_NAME
-    if not built.exists():
-        raise RuntimeError(f"cmake finished but wrote no {built}")
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copy2(built, tmp)
-    os.replace(tmp, target)
-    return target
+    defines = [f"-DLAMMPS_INCLUDE_DIR={paths['include']}", f"-DLAMMPS_LIBRARY={paths['library']}",
+               f"-DMPI_INCLUDE_DIR={paths['mpi_include']}"]
+    try:
+        if force or not (build_dir / PLUGIN_NAME).exists():
+            defines.append(f"-DORBDISTILL_KERNELS_LIBRARY={build_kernels(jobs=jobs, verbose=verbose)}")
+    except (KernelsNotAvailable, BuildToolMissing, RuntimeError) as exc:
+        log.warning("building the plugin without the fused kernels (exports written with them will not load): %s",
+                    exc)
+    try:
+        return cmake_build(SOURCE_DIR, build_dir, PLUGIN_NAME, defines, jobs=jobs, force=force, verbose=verbose,
+                           what="the LAMMPS plugin")
+    except BuildToolMissing as exc:
+        raise LammpsNotAvailable(str(exc)) from exc
 
 
 def lammps_env(threads: Optional[int] = None) -> dict:

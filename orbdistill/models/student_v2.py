@@ -213,7 +213,9 @@ class FastStudentV2(StudentModel):
         fv = c.num_vector_features if c.use_vectors else 0
         if "_edge_structure" not in self.__dict__:
             self.__dict__["_edge_structure"] = kernels.EdgeStructure()
-        senders, receivers, sender_csr, receiver_csr, symmetric = self.__dict__["_edge_structure"](edge_index, vectors, n)
+        structure = self.__dict__["_edge_structure"]
+        structure.detect_symmetry = not getattr(self, "_fused_for_export", False)
+        senders, receivers, sender_csr, receiver_csr, symmetric = structure(edge_index, vectors, s)
         feat = kernels.edge_geometry(vectors.contiguous(), self.radial.freqs.to(vectors.dtype), self.radial.prefactor,
                                      c.cutoff, c.envelope_p)
         v = s.new_zeros((n, 3 * fv)) if c.use_vectors else None

@@ -7,7 +7,7 @@
 //
 // Operators (namespace `orbdistill`, registered with torch.library):
 //
-//   edge_csr(index [E], n) -> (ptr [n + 1], perm [E])
+//   edge_csr(index [E], nodes [n, ...]) -> (ptr [n + 1], perm [E])
 //       edges grouped by index (a stable counting sort): the edges of row a are
 //       perm[ptr[a] : ptr[a + 1]].
 //   edge_geometry(vectors [E, 3], freqs [R], prefactor, r_max, p) -> feat [E, R + 4]
@@ -21,13 +21,12 @@
 //       ds_i = sum a, dv_i = sum (c * unit + b * v_j) (b * v_j left out when `first`).
 //       Differentiable in feat, phi and v.
 //
-// The gradients are first derivatives for inference (forces and stress): the weights
-// must not require grad and the backward cannot itself be differentiated. Training uses
-// the eager model. Forward and backward are parallel over atoms with ATen's thread pool
+// The gradients are first derivatives for inference (forces and stress): the backward
+// operators have no derivatives of their own. Training uses the eager model. Forward and backward are parallel over atoms with ATen's thread pool
 // (torch.set_num_threads); each thread writes only its own atoms' rows, so there are no
 // atomics and the result does not depend on the number of threads.
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 
@@ -43,9 +42,7 @@
 
 namespace orbdistill {
 
-using torch::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
+using at::Tensor;
 
 namespace {
 
@@ -120,12 +117,12 @@ void check_freqs(const Tensor& freqs) {
 // ----------------------------------------------------------------------------------------
 // CSR of an edge index
 
-std::tuple<Tensor, Tensor> edge_csr(const Tensor& index, int64_t n) {
+std::tuple<Tensor, Tensor> edge_csr(const Tensor& index, const Tensor& nodes) {
   check_index(index, "index");
-  TORCH_CHECK(n >= 0, "n must be >= 0, got ", n);
+  const int64_t n = nodes.size(0);  // a tensor with one row per atom (its size can be symbolic when traced)
   const int64_t E = index.numel();
-  auto ptr = torch::zeros({n + 1}, index.options());
-  auto perm = torch::empty({E}, index.options());
+  auto ptr = at::zeros({n + 1}, index.options());
+  auto perm = at::empty({E}, index.options());
   const int64_t* id = index.data_ptr<int64_t>();
   int64_t* pp = ptr.data_ptr<int64_t>();
   int64_t* pm = perm.data_ptr<int64_t>();
@@ -188,7 +185,7 @@ Tensor edge_geometry_cpu(const Tensor& vectors, const Tensor& freqs, double pref
   const int64_t E = vectors.size(0), R = freqs.numel(), K = R + 4;
   const auto fd = freqs.to(at::kDouble).contiguous();
   const double* f = fd.data_ptr<double>();
-  auto feat = torch::empty({E, K}, vectors.options());
+  auto feat = at::empty({E, K}, vectors.options());
   const Envelope envelope(r_max, p);
   AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "edge_geometry", [&] {
     const scalar_t* vec = vectors.data_ptr<scalar_t>();
@@ -216,10 +213,10 @@ Tensor edge_geometry_backward_cpu(const Tensor& grad, const Tensor& vectors, con
   check_float(vectors, 2, "vectors");
   auto g = grad.contiguous();
   const int64_t E = vectors.size(0), R = freqs.numel(), K = R + 4;
-  TORCH_CHECK(g.sizes() == torch::IntArrayRef({E, K}), "grad must be [E, R + 4]");
+  TORCH_CHECK(g.sizes() == at::IntArrayRef({E, K}), "grad must be [E, R + 4]");
   const auto fd = freqs.to(at::kDouble).contiguous();
   const double* f = fd.data_ptr<double>();
-  auto gvec = torch::empty({E, 3}, vectors.options());
+  auto gvec = at::empty({E, 3}, vectors.options());
   const Envelope envelope(r_max, p);
   AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "edge_geometry_backward", [&] {
     const scalar_t* vec = vectors.data_ptr<scalar_t>();
@@ -302,8 +299,8 @@ std::tuple<Tensor, Tensor> painn_message_cpu(const Tensor& feat, const Tensor& p
                                              const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv, bool first,
                                              bool /*symmetric: the forward pass is by sender either way*/) {
   const auto m = check_message(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first);
-  auto ds = torch::empty({m.N, F}, phi.options());
-  auto dv = torch::empty({m.N, 3 * Fv}, phi.options());
+  auto ds = at::empty({m.N, F}, phi.options());
+  auto dv = at::empty({m.N, 3 * Fv}, phi.options());
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message", [&] {
     const scalar_t* fp = feat.data_ptr<scalar_t>();
     const scalar_t* ph = phi.data_ptr<scalar_t>();
@@ -355,11 +352,11 @@ std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
   const int64_t V = 3 * Fv;
   auto gds = grad_ds.contiguous();
   auto gdv = grad_dv.contiguous();
-  TORCH_CHECK(gds.sizes() == torch::IntArrayRef({m.N, F}) && gdv.sizes() == torch::IntArrayRef({m.N, V}),
+  TORCH_CHECK(gds.sizes() == at::IntArrayRef({m.N, F}) && gdv.sizes() == at::IntArrayRef({m.N, V}),
               "grad_ds and grad_dv must be [N, F] and [N, 3 Fv]");
-  auto gfeat = torch::zeros({m.E, m.K}, feat.options());
-  auto gphi = torch::empty({m.N, m.C}, phi.options());
-  auto gv = torch::empty({(Fv > 0 && !first) ? m.N : 0, V}, phi.options());
+  auto gfeat = at::zeros({m.E, m.K}, feat.options());
+  auto gphi = at::empty({m.N, m.C}, phi.options());
+  auto gv = at::empty({(Fv > 0 && !first) ? m.N : 0, V}, phi.options());
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message_backward", [&] {
     const scalar_t* fp = feat.data_ptr<scalar_t>();
     const scalar_t* ph = phi.data_ptr<scalar_t>();
@@ -484,94 +481,13 @@ std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
   return {gfeat, gphi, gv};
 }
 
-// ----------------------------------------------------------------------------------------
-// Autograd
-
-namespace {
-
-const char* kInferenceOnly =
-    "orbdistill's fused kernels give first derivatives only (forces and stress at inference): "
-    "the weights must not require grad and the gradient cannot be differentiated again. "
-    "Train with the eager model (StudentModel.use_fused_kernels(False)).";
-
-class EdgeGeometryFn : public torch::autograd::Function<EdgeGeometryFn> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& vectors, const Tensor& freqs, double prefactor,
-                        double r_max, int64_t p) {
-    TORCH_CHECK(!freqs.requires_grad(), kInferenceOnly);
-    ctx->save_for_backward({vectors, freqs});
-    ctx->saved_data["prefactor"] = prefactor;
-    ctx->saved_data["r_max"] = r_max;
-    ctx->saved_data["p"] = p;
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("orbdistill::edge_geometry", "").typed<decltype(edge_geometry_cpu)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(vectors, freqs, prefactor, r_max, p);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), kInferenceOnly);
-    auto saved = ctx->get_saved_variables();
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("orbdistill::edge_geometry_backward", "")
-                         .typed<decltype(edge_geometry_backward_cpu)>();
-    auto g = op.call(grads[0], saved[0], saved[1], ctx->saved_data["prefactor"].toDouble(),
-                     ctx->saved_data["r_max"].toDouble(), ctx->saved_data["p"].toInt());
-    return {g, Tensor(), Tensor(), Tensor(), Tensor()};
-  }
-};
-
-class PainnMessageFn : public torch::autograd::Function<PainnMessageFn> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& feat, const Tensor& phi, const Tensor& v,
-                               const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
-                               const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm, const Tensor& wt,
-                               const Tensor& bias, int64_t F, int64_t Fv, bool first, bool symmetric) {
-    TORCH_CHECK(!wt.requires_grad() && !bias.requires_grad(), kInferenceOnly);
-    ctx->saved_data["symmetric"] = symmetric;
-    ctx->save_for_backward({feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias});
-    ctx->saved_data["F"] = F;
-    ctx->saved_data["Fv"] = Fv;
-    ctx->saved_data["first"] = first;
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("orbdistill::painn_message", "").typed<decltype(painn_message_cpu)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = op.call(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv, first, symmetric);
-    return {std::get<0>(out), std::get<1>(out)};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), kInferenceOnly);
-    auto s = ctx->get_saved_variables();
-    const int64_t F = ctx->saved_data["F"].toInt(), Fv = ctx->saved_data["Fv"].toInt();
-    const bool first = ctx->saved_data["first"].toBool(), symmetric = ctx->saved_data["symmetric"].toBool();
-    const int64_t N = s[1].size(0);
-    auto gds = grads[0].defined() ? grads[0] : torch::zeros({N, F}, s[1].options());
-    auto gdv = grads[1].defined() ? grads[1] : torch::zeros({N, 3 * Fv}, s[1].options());
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("orbdistill::painn_message_backward", "")
-                         .typed<decltype(painn_message_backward_cpu)>();
-    auto out = op.call(gds, gdv, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], F, Fv, first, symmetric);
-    Tensor gv = (Fv > 0 && !first) ? std::get<2>(out) : Tensor();
-    return {std::get<0>(out), std::get<1>(out), gv, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
-  }
-};
-
-Tensor edge_geometry_autograd(const Tensor& vectors, const Tensor& freqs, double prefactor, double r_max, int64_t p) {
-  return EdgeGeometryFn::apply(vectors, freqs, prefactor, r_max, p);
-}
-
-std::tuple<Tensor, Tensor> painn_message_autograd(const Tensor& feat, const Tensor& phi, const Tensor& v,
-                                                  const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr,
-                                                  const Tensor& s_perm, const Tensor& r_ptr, const Tensor& r_perm,
-                                                  const Tensor& wt, const Tensor& bias, int64_t F, int64_t Fv,
-                                                  bool first, bool symmetric) {
-  auto out = PainnMessageFn::apply(feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt, bias, F, Fv,
-                                   first, symmetric);
-  return {out[0], out[1]};
-}
-
-}  // namespace
+// Autograd is registered from Python (orbdistill/kernels/__init__.py, torch.library
+// register_autograd), which torch.func transforms and make_fx tracing support: the exports
+// trace the gradient pass into their graphs as calls of the *_backward operators, so the
+// exported files and the LAMMPS plugin need no autograd of these operators.
 
 TORCH_LIBRARY(orbdistill, m) {
-  m.def("edge_csr(Tensor index, int n) -> (Tensor, Tensor)");
+  m.def("edge_csr(Tensor index, Tensor nodes) -> (Tensor, Tensor)");
   m.def("edge_symmetric(Tensor senders, Tensor receivers, Tensor vectors, Tensor s_ptr, Tensor s_perm) -> bool");
   m.def("edge_geometry(Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
   m.def("edge_geometry_backward(Tensor grad, Tensor vectors, Tensor freqs, float prefactor, float r_max, int p) -> Tensor");
@@ -592,11 +508,6 @@ TORCH_LIBRARY_IMPL(orbdistill, CPU, m) {
   m.impl("edge_geometry_backward", edge_geometry_backward_cpu);
   m.impl("painn_message", painn_message_cpu);
   m.impl("painn_message_backward", painn_message_backward_cpu);
-}
-
-TORCH_LIBRARY_IMPL(orbdistill, Autograd, m) {
-  m.impl("edge_geometry", edge_geometry_autograd);
-  m.impl("painn_message", painn_message_autograd);
 }
 
 }  // namespace orbdistill

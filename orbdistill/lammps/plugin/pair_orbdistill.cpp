@@ -20,6 +20,7 @@
 #include <malloc.h>
 #endif
 #include <cstring>
+#include <dlfcn.h>
 #include <sstream>
 #include <unordered_map>
 
@@ -117,14 +118,37 @@ void PairOrbdistill::settings(int narg, char **arg)
 #endif
 }
 
+// The fused kernels (orbdistill/kernels), which exports written with them call as
+// orbdistill:: operators. The plugin is built against one build of them and loads it here,
+// before the first model, so that their operators are registered when TorchScript reads it.
+static std::string load_kernels()
+{
+#ifdef ORBDISTILL_KERNELS_LIBRARY
+  static std::string status;
+  if (status.empty()) {
+    void *handle = dlopen(ORBDISTILL_KERNELS_LIBRARY, RTLD_NOW | RTLD_GLOBAL);
+    status = handle ? std::string("loaded") : std::string("not loaded: ") + dlerror();
+  }
+  return status;
+#else
+  return "not built into this plugin";
+#endif
+}
+
 void PairOrbdistill::read_model(const std::string &path)
 {
   torch::jit::ExtraFilesMap extra{{"lammps.txt", ""}};
+  const std::string kernels = load_kernels();
   try {
     model = torch::jit::load(path, device, extra);
   } catch (const std::exception &e) {
-    error->all(FLERR, "pair_style orbdistill: cannot load {} as a TorchScript model ({}). "
-               "Write it with: orbdistill export PACKAGE --format lammps", path, e.what());
+    std::string hint = std::string(e.what()).find("orbdistill::") != std::string::npos
+        ? " The file calls orbdistill's fused kernels, which are " + kernels +
+              "; rebuild the plugin (orbdistill lammps build --force) or re-export without them "
+              "(orbdistill export PACKAGE --format lammps --no-kernels)."
+        : "";
+    error->all(FLERR, "pair_style orbdistill: cannot load {} as a TorchScript model ({}).{} "
+               "Write it with: orbdistill export PACKAGE --format lammps", path, e.what(), hint);
   }
   model.eval();
   const std::string &text = extra["lammps.txt"];
