@@ -134,48 +134,65 @@ _SECOND_DERIVATIVE = ("orbdistill's fused kernels give first derivatives only (f
                       "(StudentModel.use_fused_kernels(False)).")
 
 
-def _register_python_parts() -> None:
-    """Autograd (first derivatives) and output shapes for fake-tensor tracing (``make_fx``,
-    the exports). Autograd lives here, not in C++: torch.func transforms support it, and the
-    exports trace the gradient pass into their graphs as calls of the ``*_backward`` ops."""
-    lib = "orbdistill::"
-    ops = torch.ops.orbdistill
+class _Geometry(torch.autograd.Function):
+    """``edge_geometry`` with its first derivative. A plain autograd.Function: a few µs per
+    call (torch.library's register_autograd costs ~100 µs in Python), and torch.func and
+    make_fx (the exports) both trace through it."""
 
-    def _first_derivative_only(grads) -> None:
-        # create_graph=True leaves grad mode on in the backward and gives the incoming
-        # gradients a history; plain force evaluations and torch.func.grad do neither
-        if torch.is_grad_enabled() and any(g is not None and g.requires_grad for g in grads):
-            raise RuntimeError(_SECOND_DERIVATIVE)
+    @staticmethod
+    def forward(vectors, freqs, prefactor, r_max, p):
+        return torch.ops.orbdistill.edge_geometry(vectors, freqs, prefactor, r_max, p)
 
-    def geometry_setup(ctx, inputs, output):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
         vectors, freqs, prefactor, r_max, p = inputs
         ctx.save_for_backward(vectors, freqs)
         ctx.args = (prefactor, r_max, p)
 
-    def geometry_backward(ctx, grad):
+    @staticmethod
+    def backward(ctx, grad):
         _first_derivative_only([grad])
         vectors, freqs = ctx.saved_tensors
-        return ops.edge_geometry_backward(grad.contiguous(), vectors, freqs, *ctx.args), None, None, None, None
+        return torch.ops.orbdistill.edge_geometry_backward(grad.contiguous(), vectors, freqs, *ctx.args), \
+            None, None, None, None
 
-    torch.library.register_autograd(lib + "edge_geometry", geometry_backward, setup_context=geometry_setup)
 
-    def message_setup(ctx, inputs, output):
+class _Message(torch.autograd.Function):
+    """``painn_message`` with its first derivatives in ``feat``, ``phi`` and ``v``."""
+
+    @staticmethod
+    def forward(*inputs):
+        return torch.ops.orbdistill.painn_message(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:11])
         ctx.args = inputs[11:]
         ctx.n_inputs = len(inputs)
 
-    def message_backward(ctx, grad_ds, grad_dv):
+    @staticmethod
+    def backward(ctx, grad_ds, grad_dv):
         _first_derivative_only([grad_ds, grad_dv])
         saved = ctx.saved_tensors
         f, fv, first, symmetric = ctx.args
         phi = saved[1]
         grad_ds = grad_ds.contiguous() if grad_ds is not None else phi.new_zeros((phi.shape[0], f))
         grad_dv = grad_dv.contiguous() if grad_dv is not None else phi.new_zeros((phi.shape[0], 3 * fv))
-        gfeat, gphi, gv = ops.painn_message_backward(grad_ds, grad_dv, *saved, f, fv, first, symmetric)
+        gfeat, gphi, gv = torch.ops.orbdistill.painn_message_backward(grad_ds, grad_dv, *saved, f, fv, first, symmetric)
         gv = gv if (fv > 0 and not first) else None
         return (gfeat, gphi, gv) + (None,) * (ctx.n_inputs - 3)
 
-    torch.library.register_autograd(lib + "painn_message", message_backward, setup_context=message_setup)
+
+def _first_derivative_only(grads) -> None:
+    # create_graph=True leaves grad mode on in the backward and gives the incoming gradients
+    # a history; plain force evaluations and the exports' traced gradients do neither
+    if torch.is_grad_enabled() and any(g is not None and g.requires_grad for g in grads):
+        raise RuntimeError(_SECOND_DERIVATIVE)
+
+
+def _register_python_parts() -> None:
+    """Output shapes of the ops for tracing with fake tensors (``make_fx``: the exports)."""
+    lib = "orbdistill::"
 
     @torch.library.register_fake(lib + "edge_csr")
     def _(index, nodes):
@@ -202,7 +219,7 @@ def _register_python_parts() -> None:
 
 def edge_geometry(vectors: torch.Tensor, freqs: torch.Tensor, prefactor: float, r_max: float, p: int) -> torch.Tensor:
     """``[E, R + 4]``: Bessel functions, envelope and unit vector of every edge vector."""
-    return torch.ops.orbdistill.edge_geometry(vectors, freqs, prefactor, r_max, p)
+    return _Geometry.apply(vectors, freqs, prefactor, r_max, p)
 
 
 def edge_symmetric(senders, receivers, vectors, sender_csr) -> bool:
@@ -245,5 +262,5 @@ def painn_message(feat, phi, v, senders, receivers, sender_csr, receiver_csr, wt
                   first: bool, symmetric: bool = False):
     """``(ds [N, F], dv [N, 3 Fv])`` of the factorised PaiNN message (``symmetric``: the
     edge list is symmetric, see :func:`edge_symmetric`)."""
-    return torch.ops.orbdistill.painn_message(feat, phi, v, senders, receivers, sender_csr[0], sender_csr[1],
-                                              receiver_csr[0], receiver_csr[1], wt, bias, f, fv, first, symmetric)
+    return _Message.apply(feat, phi, v, senders, receivers, sender_csr[0], sender_csr[1], receiver_csr[0],
+                          receiver_csr[1], wt, bias, f, fv, first, symmetric)

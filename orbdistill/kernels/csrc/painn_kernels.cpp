@@ -47,6 +47,7 @@ using at::Tensor;
 namespace {
 
 constexpr int64_t kGrain = 16;  // atoms per task of parallel_for
+constexpr int64_t kMaxRadial = 32;  // radial functions a message may have (stack buffers)
 
 void check_index(const Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 1 && t.scalar_type() == at::kLong && t.is_contiguous() && t.device().is_cpu(), name,
@@ -262,6 +263,7 @@ MessageShape check_message(const Tensor& feat, const Tensor& phi, const Tensor& 
   for (auto* t : {&senders, &receivers, &s_ptr, &s_perm, &r_ptr, &r_perm}) check_index(*t, "edge index and CSR");
   MessageShape m{phi.size(0), feat.size(0), wt.size(0), feat.size(1), phi.size(1), F, Fv};
   TORCH_CHECK(m.K == m.R + 4, "feat must be [E, R + 4] for wt [R, C]");
+  TORCH_CHECK(m.R >= 1 && m.R <= kMaxRadial, "the kernels take 1 to ", kMaxRadial, " radial functions, got ", m.R);
   TORCH_CHECK(m.C == F + 2 * Fv && wt.size(1) == m.C && bias.numel() == m.C, "phi, wt and bias must have F + 2 Fv = ",
               F + 2 * Fv, " columns");
   TORCH_CHECK(senders.numel() == m.E && receivers.numel() == m.E && s_perm.numel() == m.E && r_perm.numel() == m.E,
@@ -275,20 +277,225 @@ MessageShape check_message(const Tensor& feat, const Tensor& phi, const Tensor& 
   return m;
 }
 
+// Pointers and sizes of one message call (row-major, contiguous).
+template <typename T>
+struct Message {
+  const T* feat;   // [E, R + 4]: rbf, envelope, unit vector
+  const T* phi;    // [N, C]
+  const T* v;      // [N, 3 Fv] or nullptr (first layer or no vectors)
+  const T* wt;     // [R, C]
+  const T* bias;   // [C]
+  const int64_t *snd, *rec;             // [E]
+  const int64_t *s_ptr, *s_perm;        // sender CSR
+  const int64_t *r_ptr, *r_perm;        // receiver CSR
+  int64_t N, R, K, C, F, Fv;
+};
+
 // w[c] = (bias[c] + sum_n rbf[n] wt[n, c]) * env; lin holds the bracket
+// Channels in blocks of one 64-byte vector (GCC/Clang vector extensions: AVX-512 where the
+// CPU has it, two AVX2 registers or four SSE ones otherwise), whose sums stay in registers
+// over the R radial terms; the remainder channels one by one.
 template <typename T>
 inline void filter(const T* __restrict fe, const T* __restrict wt, const T* __restrict bias, int64_t R, int64_t C,
                    T* __restrict lin, T* __restrict w) {
+  typedef T vec __attribute__((vector_size(64), aligned(alignof(T))));
+  constexpr int64_t L = 64 / sizeof(T);
   const T env = fe[R];
-  for (int64_t c = 0; c < C; ++c) lin[c] = bias[c];
-  for (int64_t n = 0; n < R; ++n) {
-    const T rn = fe[n];
-    const T* __restrict row = wt + n * C;
-  ORBDISTILL_SIMD
-    for (int64_t c = 0; c < C; ++c) lin[c] += rn * row[c];
+  int64_t c0 = 0;
+  for (; c0 + L <= C; c0 += L) {
+    vec acc = *reinterpret_cast<const vec*>(bias + c0);
+    for (int64_t n = 0; n < R; ++n) acc += fe[n] * *reinterpret_cast<const vec*>(wt + n * C + c0);
+    *reinterpret_cast<vec*>(lin + c0) = acc;
+    *reinterpret_cast<vec*>(w + c0) = acc * env;
   }
-  ORBDISTILL_SIMD
-  for (int64_t c = 0; c < C; ++c) w[c] = lin[c] * env;
+  for (int64_t c = c0; c < C; ++c) {
+    T acc = bias[c];
+    for (int64_t n = 0; n < R; ++n) acc += fe[n] * wt[n * C + c];
+    lin[c] = acc;
+    w[c] = acc * env;
+  }
+}
+
+// out[n] = sum_c gx[c] p[c] wt[n, c] for n < R, and out[R] = sum_c gx[c] p[c] lin[c]: one
+// pass over the channels with R + 1 independent vector accumulators (a reduction per row
+// would be a chain of dependent additions).
+template <typename T>
+inline void channel_sums(const T* __restrict gx, const T* __restrict p, const T* __restrict lin,
+                         const T* __restrict wt, int64_t R, int64_t C, T* __restrict out) {
+  typedef T vec __attribute__((vector_size(64), aligned(alignof(T))));
+  constexpr int64_t L = 64 / sizeof(T);
+  vec acc[kMaxRadial + 1];
+  for (int64_t n = 0; n <= R; ++n) acc[n] = vec{} ;
+  int64_t c0 = 0;
+  for (; c0 + L <= C; c0 += L) {
+    const vec g = *reinterpret_cast<const vec*>(gx + c0) * *reinterpret_cast<const vec*>(p + c0);
+    acc[R] += g * *reinterpret_cast<const vec*>(lin + c0);
+    for (int64_t n = 0; n < R; ++n) acc[n] += g * *reinterpret_cast<const vec*>(wt + n * C + c0);
+  }
+  for (int64_t n = 0; n <= R; ++n) {
+    T total = 0;
+    for (int64_t l = 0; l < L; ++l) total += acc[n][l];
+    out[n] = total;
+  }
+  for (int64_t c = c0; c < C; ++c) {
+    const T g = gx[c] * p[c];
+    out[R] += g * lin[c];
+    for (int64_t n = 0; n < R; ++n) out[n] += g * wt[n * C + c];
+  }
+}
+
+// gx[c] = dL/dx_c for the edge i -> j (x = phi_j * w), from the centre's output gradients
+// gs [F] and gv [3 Fv], the edge's unit vector and the neighbour's vector state vj
+template <typename T>
+inline void edge_gx(const T* __restrict gs, const T* __restrict gv, const T* __restrict u, const T* __restrict vj,
+                    int64_t F, int64_t Fv, T* __restrict gx) {
+  for (int64_t c = 0; c < F; ++c) gx[c] = gs[c];
+  const T* __restrict gx0 = gv;
+  const T* __restrict gy0 = gv + Fv;
+  const T* __restrict gz0 = gv + 2 * Fv;
+  for (int64_t q = 0; q < Fv; ++q) gx[F + Fv + q] = gx0[q] * u[0] + gy0[q] * u[1] + gz0[q] * u[2];
+  if (vj)
+    for (int64_t q = 0; q < Fv; ++q) gx[F + q] = gx0[q] * vj[q] + gy0[q] * vj[Fv + q] + gz0[q] * vj[2 * Fv + q];
+  else
+    for (int64_t q = 0; q < Fv; ++q) gx[F + q] = 0;
+}
+
+template <typename T>
+void message_forward(const Message<T>& m, T* ds, T* dv) {
+  const int64_t C = m.C, R = m.R, K = m.K, F = m.F, Fv = m.Fv, V = 3 * Fv;
+  at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> lin_(C), w_(C);
+    T* __restrict lin = lin_.data();
+    T* __restrict w = w_.data();
+    for (int64_t i = begin; i < end; ++i) {
+      T* __restrict dsi = ds + i * F;
+      T* __restrict dvi = dv + i * V;
+      for (int64_t c = 0; c < F; ++c) dsi[c] = 0;
+      for (int64_t c = 0; c < V; ++c) dvi[c] = 0;
+      for (int64_t k = m.s_ptr[i]; k < m.s_ptr[i + 1]; ++k) {
+        const int64_t e = m.s_perm[k], j = m.rec[e];
+        const T* fe = m.feat + K * e;
+        if (fe[R] == T(0)) continue;  // beyond the cutoff: sends nothing
+        filter(fe, m.wt, m.bias, R, C, lin, w);
+        const T* __restrict pj = m.phi + C * j;
+        for (int64_t c = 0; c < F; ++c) dsi[c] += pj[c] * w[c];
+        if (Fv == 0) continue;
+        const T* u = fe + R + 1;
+        const T* __restrict vj = m.v ? m.v + V * j : nullptr;
+        for (int d = 0; d < 3; ++d) {
+          T* __restrict out = dvi + d * Fv;
+          const T ud = u[d];
+          for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + Fv + q] * w[F + Fv + q] * ud;
+          if (vj)
+            for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + q] * w[F + q] * vj[d * Fv + q];
+        }
+      }
+    }
+  });
+}
+
+// Pass 1, by sender: the gradient of each edge's features (rbf, envelope, unit vector).
+// On a symmetric graph (every edge i -> j has its reverse j -> i with the opposite vector:
+// full neighbour lists) the reverse edge has the same filter w and the unit vector -u, and
+// its gradient lands on node i, which this thread owns: the receiver pass is folded in
+// here and the filter is evaluated once per edge instead of twice.
+template <typename T>
+void message_backward_by_sender(const Message<T>& m, const T* gds, const T* gdv, bool symmetric, T* gfeat, T* gphi,
+                                T* gv) {
+  const int64_t C = m.C, R = m.R, K = m.K, F = m.F, Fv = m.Fv, V = 3 * Fv;
+  at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> lin_(C), w_(C), gx_(C), gxr_(C);
+    T* __restrict lin = lin_.data();
+    T* __restrict w = w_.data();
+    T* __restrict gx = gx_.data();
+    T* __restrict gxr = gxr_.data();
+    for (int64_t i = begin; i < end; ++i) {
+      const T* gsi = gds + i * F;
+      const T* gvi = gdv + i * V;
+      T* __restrict gpi = gphi + C * i;
+      T* __restrict gvo = gv ? gv + V * i : nullptr;
+      if (symmetric) {
+        for (int64_t c = 0; c < C; ++c) gpi[c] = 0;
+        if (gvo)
+          for (int64_t c = 0; c < V; ++c) gvo[c] = 0;
+      }
+      for (int64_t k = m.s_ptr[i]; k < m.s_ptr[i + 1]; ++k) {
+        const int64_t e = m.s_perm[k], j = m.rec[e];
+        const T* fe = m.feat + K * e;
+        const T env = fe[R];
+        if (env == T(0)) continue;
+        filter(fe, m.wt, m.bias, R, C, lin, w);
+        const T* __restrict pj = m.phi + C * j;
+        const T* u = fe + R + 1;
+        edge_gx(gsi, gvi, u, m.v ? m.v + V * j : nullptr, F, Fv, gx);
+        T* __restrict ge = gfeat + K * e;
+        // the R + 1 sums over channels of gw = gx * phi_j: against each row of the filter
+        // (the rbf gradients) and against lin (the envelope's), as vector partial sums
+        channel_sums(gx, pj, lin, m.wt, R, C, ge);
+        for (int64_t n = 0; n < R; ++n) ge[n] *= env;
+        for (int d = 0; d < 3; ++d) {
+          T acc = 0;
+          const T* __restrict gvd = gvi + d * Fv;
+          ORBDISTILL_SIMD_SUM(acc)
+          for (int64_t q = 0; q < Fv; ++q) acc += gvd[q] * pj[F + Fv + q] * w[F + Fv + q];
+          ge[R + 1 + d] = acc;
+        }
+        if (symmetric) {  // the reverse edge j -> i: neighbour i, centre j
+          const T ur[3] = {-u[0], -u[1], -u[2]};
+          const T* __restrict gvj = gdv + j * V;
+          edge_gx(gds + j * F, gvj, ur, m.v ? m.v + V * i : nullptr, F, Fv, gxr);
+          for (int64_t c = 0; c < C; ++c) gpi[c] += gxr[c] * w[c];
+          if (gvo) {
+            const T* __restrict pi = m.phi + C * i;
+            for (int d = 0; d < 3; ++d)
+              for (int64_t q = 0; q < Fv; ++q) gvo[d * Fv + q] += gvj[d * Fv + q] * pi[F + q] * w[F + q];
+          }
+        }
+      }
+    }
+  });
+}
+
+// Pass 2 (general graphs), by receiver: the gradient of the neighbours' inputs phi_j, v_j.
+template <typename T>
+void message_backward_by_receiver(const Message<T>& m, const T* gds, const T* gdv, T* gphi, T* gv) {
+  const int64_t C = m.C, R = m.R, K = m.K, F = m.F, Fv = m.Fv, V = 3 * Fv;
+  at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> lin_(C), w_(C), gx_(C);
+    T* __restrict lin = lin_.data();
+    T* __restrict w = w_.data();
+    T* __restrict gx = gx_.data();
+    for (int64_t j = begin; j < end; ++j) {
+      T* __restrict gpj = gphi + C * j;
+      T* __restrict gvj = gv ? gv + V * j : nullptr;
+      for (int64_t c = 0; c < C; ++c) gpj[c] = 0;
+      if (gvj)
+        for (int64_t c = 0; c < V; ++c) gvj[c] = 0;
+      const T* __restrict pj = m.phi + C * j;
+      for (int64_t k = m.r_ptr[j]; k < m.r_ptr[j + 1]; ++k) {
+        const int64_t e = m.r_perm[k], i = m.snd[e];
+        const T* fe = m.feat + K * e;
+        if (fe[R] == T(0)) continue;
+        filter(fe, m.wt, m.bias, R, C, lin, w);
+        const T* __restrict gvi = gdv + i * V;
+        edge_gx(gds + i * F, gvi, fe + R + 1, m.v ? m.v + V * j : nullptr, F, Fv, gx);
+        for (int64_t c = 0; c < C; ++c) gpj[c] += gx[c] * w[c];
+        if (gvj)
+          for (int d = 0; d < 3; ++d)
+            for (int64_t q = 0; q < Fv; ++q) gvj[d * Fv + q] += gvi[d * Fv + q] * pj[F + q] * w[F + q];
+      }
+    }
+  });
+}
+
+template <typename T>
+Message<T> message_args(const MessageShape& s, const Tensor& feat, const Tensor& phi, const Tensor& v,
+                        const Tensor& senders, const Tensor& receivers, const Tensor& s_ptr, const Tensor& s_perm,
+                        const Tensor& r_ptr, const Tensor& r_perm, const Tensor& wt, const Tensor& bias, bool first) {
+  return Message<T>{feat.data_ptr<T>(), phi.data_ptr<T>(), (s.Fv > 0 && !first) ? v.data_ptr<T>() : nullptr,
+                    wt.data_ptr<T>(), bias.data_ptr<T>(), senders.data_ptr<int64_t>(), receivers.data_ptr<int64_t>(),
+                    s_ptr.data_ptr<int64_t>(), s_perm.data_ptr<int64_t>(), r_ptr.data_ptr<int64_t>(),
+                    r_perm.data_ptr<int64_t>(), s.N, s.R, s.K, s.C, s.F, s.Fv};
 }
 
 }  // namespace
@@ -302,44 +509,9 @@ std::tuple<Tensor, Tensor> painn_message_cpu(const Tensor& feat, const Tensor& p
   auto ds = at::empty({m.N, F}, phi.options());
   auto dv = at::empty({m.N, 3 * Fv}, phi.options());
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message", [&] {
-    const scalar_t* fp = feat.data_ptr<scalar_t>();
-    const scalar_t* ph = phi.data_ptr<scalar_t>();
-    const scalar_t* vp = (Fv > 0 && !first) ? v.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* W = wt.data_ptr<scalar_t>();
-    const scalar_t* B = bias.data_ptr<scalar_t>();
-    const int64_t* rec = receivers.data_ptr<int64_t>();
-    const int64_t* ptr = s_ptr.data_ptr<int64_t>();
-    const int64_t* perm = s_perm.data_ptr<int64_t>();
-    scalar_t* dsp = ds.data_ptr<scalar_t>();
-    scalar_t* dvp = dv.data_ptr<scalar_t>();
-    const int64_t C = m.C, R = m.R, K = m.K, V = 3 * Fv;
-    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> lin(C), w(C);
-      for (int64_t i = begin; i < end; ++i) {
-        scalar_t* dsi = dsp + i * F;
-        scalar_t* dvi = dvp + i * V;
-        for (int64_t c = 0; c < F; ++c) dsi[c] = 0;
-        for (int64_t c = 0; c < V; ++c) dvi[c] = 0;
-        for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
-          const int64_t e = perm[k], j = rec[e];
-          const scalar_t* fe = fp + K * e;
-          if (fe[R] == scalar_t(0)) continue;  // beyond the cutoff: sends nothing
-          filter(fe, W, B, R, C, lin.data(), w.data());
-          const scalar_t* pj = ph + C * j;
-          for (int64_t c = 0; c < F; ++c) dsi[c] += pj[c] * w[c];
-          if (Fv == 0) continue;
-          const scalar_t* u = fe + R + 1;
-          const scalar_t* vj = vp ? vp + V * j : nullptr;
-          for (int d = 0; d < 3; ++d) {
-            scalar_t* out = dvi + d * Fv;
-            const scalar_t ud = u[d];
-            for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + Fv + q] * w[F + Fv + q] * ud;
-            if (vj)
-              for (int64_t q = 0; q < Fv; ++q) out[q] += pj[F + q] * w[F + q] * vj[d * Fv + q];
-          }
-        }
-      }
-    });
+    message_forward(message_args<scalar_t>(m, feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt,
+                                           bias, first),
+                    ds.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
   });
   return {ds, dv};
 }
@@ -356,127 +528,17 @@ std::tuple<Tensor, Tensor, Tensor> painn_message_backward_cpu(
               "grad_ds and grad_dv must be [N, F] and [N, 3 Fv]");
   auto gfeat = at::zeros({m.E, m.K}, feat.options());
   auto gphi = at::empty({m.N, m.C}, phi.options());
-  auto gv = at::empty({(Fv > 0 && !first) ? m.N : 0, V}, phi.options());
+  const bool with_v = Fv > 0 && !first;
+  auto gv = at::empty({with_v ? m.N : 0, V}, phi.options());
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "painn_message_backward", [&] {
-    const scalar_t* fp = feat.data_ptr<scalar_t>();
-    const scalar_t* ph = phi.data_ptr<scalar_t>();
-    const scalar_t* vp = (Fv > 0 && !first) ? v.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* W = wt.data_ptr<scalar_t>();
-    const scalar_t* B = bias.data_ptr<scalar_t>();
-    const scalar_t* gsp = gds.data_ptr<scalar_t>();
-    const scalar_t* gvp = gdv.data_ptr<scalar_t>();
-    const int64_t* snd = senders.data_ptr<int64_t>();
-    const int64_t* rec = receivers.data_ptr<int64_t>();
-    scalar_t* gfp = gfeat.data_ptr<scalar_t>();
-    scalar_t* gphp = gphi.data_ptr<scalar_t>();
-    scalar_t* gvv = vp ? gv.data_ptr<scalar_t>() : nullptr;
-    const int64_t C = m.C, R = m.R, K = m.K;
-
-    // gx[c] = dL/dx_c for the edge i -> j (x = phi_j * w)
-    auto edge_gx = [&](const scalar_t* gsi, const scalar_t* gvi, const scalar_t* u, const scalar_t* vj, scalar_t* gx) {
-      for (int64_t c = 0; c < F; ++c) gx[c] = gsi[c];
-      for (int64_t q = 0; q < Fv; ++q) {
-        gx[F + Fv + q] = gvi[q] * u[0] + gvi[Fv + q] * u[1] + gvi[2 * Fv + q] * u[2];
-        gx[F + q] = vj ? gvi[q] * vj[q] + gvi[Fv + q] * vj[Fv + q] + gvi[2 * Fv + q] * vj[2 * Fv + q] : scalar_t(0);
-      }
-    };
-
-    // Pass 1, by sender: the gradient of each edge's features (rbf, envelope, unit vector).
-    // On a symmetric graph (every edge i -> j has its reverse j -> i with the opposite
-    // vector: full neighbour lists) the reverse edge has the same filter w and the unit
-    // vector -u, and its gradient lands on node i, which this thread owns: pass 2 is folded
-    // in here and the filter is evaluated once per edge instead of twice.
-    const int64_t* sptr = s_ptr.data_ptr<int64_t>();
-    const int64_t* sperm = s_perm.data_ptr<int64_t>();
-    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> lin(C), w(C), gx(C), gw(C), gxr(C);
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* gsi = gsp + i * F;
-        const scalar_t* gvi = gvp + i * V;
-        scalar_t* gpi = gphp + C * i;
-        scalar_t* gvo = gvv ? gvv + V * i : nullptr;
-        if (symmetric) {
-          for (int64_t c = 0; c < C; ++c) gpi[c] = 0;
-          if (gvo)
-            for (int64_t c = 0; c < V; ++c) gvo[c] = 0;
-        }
-        for (int64_t k = sptr[i]; k < sptr[i + 1]; ++k) {
-          const int64_t e = sperm[k], j = rec[e];
-          const scalar_t* fe = fp + K * e;
-          const scalar_t env = fe[R];
-          if (env == scalar_t(0)) continue;
-          filter(fe, W, B, R, C, lin.data(), w.data());
-          const scalar_t* pj = ph + C * j;
-          const scalar_t* u = fe + R + 1;
-          edge_gx(gsi, gvi, u, vp ? vp + V * j : nullptr, gx.data());
-          scalar_t* ge = gfp + K * e;
-          // reductions: `omp simd reduction` lets the compiler vectorise them (reassociation)
-          scalar_t* __restrict gwp = gw.data();
-          const scalar_t* __restrict lp = lin.data();
-          scalar_t genv = 0;
-          ORBDISTILL_SIMD_SUM(genv)
-          for (int64_t c = 0; c < C; ++c) {
-            gwp[c] = gx[c] * pj[c];
-            genv += gwp[c] * lp[c];
-          }
-          for (int64_t n = 0; n < R; ++n) {
-            const scalar_t* __restrict row = W + n * C;
-            scalar_t acc = 0;
-            ORBDISTILL_SIMD_SUM(acc)
-            for (int64_t c = 0; c < C; ++c) acc += gwp[c] * row[c];
-            ge[n] = acc * env;
-          }
-          ge[R] = genv;
-          for (int d = 0; d < 3; ++d) {
-            scalar_t acc = 0;
-            const scalar_t* __restrict gvd = gvi + d * Fv;
-            ORBDISTILL_SIMD_SUM(acc)
-            for (int64_t q = 0; q < Fv; ++q) acc += gvd[q] * pj[F + Fv + q] * w[F + Fv + q];
-            ge[R + 1 + d] = acc;
-          }
-          if (symmetric) {  // the reverse edge j -> i: neighbour i, centre j
-            const scalar_t ur[3] = {-u[0], -u[1], -u[2]};
-            const scalar_t* gvj = gvp + j * V;
-            edge_gx(gsp + j * F, gvj, ur, vp ? vp + V * i : nullptr, gxr.data());
-            ORBDISTILL_SIMD
-            for (int64_t c = 0; c < C; ++c) gpi[c] += gxr[c] * w[c];
-            if (gvo) {
-              const scalar_t* pi = ph + C * i;
-              for (int d = 0; d < 3; ++d)
-                for (int64_t q = 0; q < Fv; ++q) gvo[d * Fv + q] += gvj[d * Fv + q] * pi[F + q] * w[F + q];
-            }
-          }
-        }
-      }
-    });
-    if (symmetric) return;
-
-    // Pass 2, by receiver: the gradient of the neighbours' node inputs phi_j and v_j.
-    const int64_t* rptr = r_ptr.data_ptr<int64_t>();
-    const int64_t* rperm = r_perm.data_ptr<int64_t>();
-    at::parallel_for(0, m.N, kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> lin(C), w(C), gx(C);
-      for (int64_t j = begin; j < end; ++j) {
-        scalar_t* gpj = gphp + C * j;
-        scalar_t* gvj = gvv ? gvv + V * j : nullptr;
-        for (int64_t c = 0; c < C; ++c) gpj[c] = 0;
-        if (gvj)
-          for (int64_t c = 0; c < V; ++c) gvj[c] = 0;
-        const scalar_t* pj = ph + C * j;
-        for (int64_t k = rptr[j]; k < rptr[j + 1]; ++k) {
-          const int64_t e = rperm[k], i = snd[e];
-          const scalar_t* fe = fp + K * e;
-          if (fe[R] == scalar_t(0)) continue;
-          filter(fe, W, B, R, C, lin.data(), w.data());
-          const scalar_t* gvi = gvp + i * V;
-          edge_gx(gsp + i * F, gvi, fe + R + 1, vp ? vp + V * j : nullptr, gx.data());
-          for (int64_t c = 0; c < C; ++c) gpj[c] += gx[c] * w[c];
-          if (gvj)
-            for (int d = 0; d < 3; ++d)
-              for (int64_t q = 0; q < Fv; ++q) gvj[d * Fv + q] += gvi[d * Fv + q] * pj[F + q] * w[F + q];
-        }
-      }
-    });
+    const auto args = message_args<scalar_t>(m, feat, phi, v, senders, receivers, s_ptr, s_perm, r_ptr, r_perm, wt,
+                                             bias, first);
+    scalar_t* gvp = with_v ? gv.data_ptr<scalar_t>() : nullptr;
+    message_backward_by_sender(args, gds.data_ptr<scalar_t>(), gdv.data_ptr<scalar_t>(), symmetric,
+                               gfeat.data_ptr<scalar_t>(), gphi.data_ptr<scalar_t>(), gvp);
+    if (!symmetric)
+      message_backward_by_receiver(args, gds.data_ptr<scalar_t>(), gdv.data_ptr<scalar_t>(), gphi.data_ptr<scalar_t>(),
+                                   gvp);
   });
   return {gfeat, gphi, gv};
 }
