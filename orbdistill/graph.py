@@ -279,7 +279,7 @@ def neighbour_list(
     if max_neighbors is not None:
         order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, d, i))
     else:
-        order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
+        order = _pair_order(i, j, s, len(positions))
     i, j, s, d = i[order], j[order], s[order], d[order]
     if max_neighbors is not None and len(i):
         counts = np.bincount(i, minlength=len(positions))
@@ -288,6 +288,21 @@ def neighbour_list(
         keep = rank < max_neighbors
         i, j, s, d = i[keep], j[keep], s[keep], d[keep]
     return i, j, s, d
+
+
+def _pair_order(i: np.ndarray, j: np.ndarray, s: np.ndarray, n: int) -> np.ndarray:
+    """The order that sorts pairs by (i, j, S): one int64 key sorted once where it fits
+    (2-3x faster than a 5-key lexsort), the lexsort otherwise; the same order either way."""
+    if len(i) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = int(s.min())
+    base = int(s.max()) - lo + 1
+    if float(n) * n * base ** 3 < 2.0 ** 62:
+        key = i * n + j
+        for k in range(3):
+            key = key * base + (s[:, k] - lo)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
 
 
 def _as_list(structures) -> list:

@@ -136,3 +136,15 @@ def test_bad_cutoff_and_cap_are_rejected():
         build_graph(atoms, cutoff=0.0)
     with pytest.raises(ValueError, match="max_neighbors"):
         build_graph(atoms, cutoff=3.0, max_neighbors=0)
+
+
+def test_pair_order_sorts_like_a_lexsort_of_centre_neighbour_and_shift():
+    from orbdistill.graph import _pair_order
+
+    rng = np.random.default_rng(3)
+    i, j = rng.integers(0, 50, 4000), rng.integers(0, 50, 4000)
+    s = rng.integers(-3, 4, (4000, 3))
+    ref = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
+    assert np.array_equal(_pair_order(i, j, s, 50), ref)
+    # an index range whose single key would overflow int64 takes the lexsort
+    assert np.array_equal(_pair_order(i, j, s, 2 ** 30), ref)
