@@ -277,3 +277,14 @@ def test_symmetric_and_general_gradient_passes_agree():
     folded = torch.ops.orbdistill.painn_message_backward(*args, True)
     for a, b in zip(general, folded):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_torchscript_export_of_a_model_running_the_kernels_holds_standard_operators(tmp_path):
+    from orbdistill.export.traced import export_torchscript
+
+    model = v2()
+    calc = StudentCalculator(model, device="cpu", fused_kernels=True)  # turns the kernels on for this object
+    assert calc.engine.fused
+    path = export_torchscript(model, tmp_path / "m.pt")
+    assert "orbdistill" not in str(torch.jit.load(str(path)).code)
+    assert model._fused  # and the model keeps running them

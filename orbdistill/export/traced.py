@@ -98,7 +98,12 @@ def trace_student(model: StudentModel, dtype=torch.float32) -> torch.fx.GraphMod
     """Trace energy, forces and stress of ``model`` into an autograd-free ``GraphModule``
     whose ``forward`` takes the six graph tensors; the weights are buffers of the module."""
     model = model.to(dtype=dtype).eval()
-    return trace_with_weights(model, _energy_and_gradients(model), example_inputs(model, dtype), INPUT_NAMES)
+    fused = getattr(model, "_fused", False)
+    model._fused = False  # TorchScript and ONNX files hold standard operators only (portable)
+    try:
+        return trace_with_weights(model, _energy_and_gradients(model), example_inputs(model, dtype), INPUT_NAMES)
+    finally:
+        model._fused = fused
 
 
 def trace_with_weights(model: StudentModel, full, inputs, input_names) -> torch.fx.GraphModule:
