@@ -144,6 +144,38 @@ def speed_goals(sizes=(256, 2048, 8000), rounds: int = 3, repeats: int = 3, pack
     return {"rows": rows, "ratios": ratios, "fused_vs_eager": agreement, "rounds": rounds, "repeats": repeats}
 
 
+def lammps_goal(cells: int = 20, package="cu-sevennet-v2", dtype: str = "float32", ranks: int = 2) -> dict:
+    """The LAMMPS goal: the student's cost per atom-step on ``ranks`` MPI ranks against EAM's
+    (``Cu_u3.eam``) on as many ranks, at 4 cells^3 atoms (32,000 by default), NVE 300 K,
+    LAMMPS' own loop time; one rank with ``ranks`` threads for reference."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lammps_speed import lammps_cost  # noqa: E402 (the LAMMPS benchmark's own runner)
+
+    from orbdistill.lammps import build_plugin, ghost_cutoff, lammps_paths
+    from orbdistill.packages import find_package
+
+    model_file = find_package(package) / f"model_{dtype}.lammps.pt"
+    plugin = build_plugin()
+    eam = Path(lammps_paths()["lmp"]).parent / "share" / "lammps" / "potentials" / "Cu_u3.eam"
+    student = [f"plugin load {plugin}", "pair_style orbdistill threads {threads}", f"pair_coeff * * {model_file} Cu",
+               "neighbor 1.0 bin", f"comm_modify cutoff {ghost_cutoff(model_file, 1.0):.3f}"]
+    n_atoms = 4 * cells ** 3
+    steps = max(3, int(min(40, 1e5 / n_atoms)))
+    out = {"n_atoms": n_atoms, "ranks": ranks, "dtype": dtype}
+    with tempfile.TemporaryDirectory(prefix="orbdistill-goal-") as tmp:
+        out["eam_us"] = lammps_cost(Path(tmp) / "eam", ["pair_style eam", f"pair_coeff 1 1 {eam}", "neighbor 1.0 bin"],
+                                    cells, 20 * steps, ranks, 1)["us_per_atom_step"]
+        out["student_us"] = lammps_cost(Path(tmp) / "student", [x.format(threads=1) for x in student], cells, steps,
+                                        ranks, 1)["us_per_atom_step"]
+        out["student_1_rank_us"] = lammps_cost(Path(tmp) / "student1", [x.format(threads=ranks) for x in student],
+                                               cells, steps, 1, ranks)["us_per_atom_step"]
+    out["student / EAM, same ranks (goal <= 20)"] = round(out["student_us"] / out["eam_us"], 1)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=2)
@@ -156,14 +188,19 @@ def main():
     p.add_argument("--goals-only", action="store_true", help="only the speed goals (packaged v2 vs EMT at 256, "
                    "2,048 and 8,000 atoms), written to <out>_goals.json")
     p.add_argument("--goal-sizes", type=int, nargs="+", default=[256, 2048, 8000])
+    p.add_argument("--lammps-cells", type=int, default=20, help="LAMMPS goal box: 4 cells^3 atoms (20: 32,000)")
+    p.add_argument("--no-lammps", action="store_true", help="skip the LAMMPS goal")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     goals = speed_goals(tuple(args.goal_sizes))
+    if not args.no_lammps:
+        goals["lammps"] = lammps_goal(args.lammps_cells)
     goals["meta"] = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor(),
                      "structure": "fcc Cu a = 3.61 Å, rattled 0.05 Å", "dtype": "float32",
                      "statistic": f"median over {goals['rounds']} interleaved rounds of medians of {goals['repeats']} steps"}
     Path(args.out + "_goals.json").write_text(json.dumps(goals, indent=1))
-    print(json.dumps({"ratios": goals["ratios"], "fused_vs_eager": goals["fused_vs_eager"]}, indent=1))
+    print(json.dumps({"ratios": goals["ratios"], "fused_vs_eager": goals["fused_vs_eager"],
+                      "lammps": goals.get("lammps")}, indent=1))
     if args.goals_only:
         return
     dev = args.device
