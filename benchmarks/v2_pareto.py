@@ -164,7 +164,7 @@ def main():
     pareto_front(table)
     meta = {"threads": args.threads, "torch": torch.__version__, "timing": f"median of {args.repeats} steps, "
             f"fcc Cu {table[0]['n_atoms']} atoms, energy + forces + stress via StudentCalculator",
-            "data": str(args.data), "epochs": args.epochs, "seed": args.seed}
+            "data": str(args.data), "epochs": sorted({r["epochs"] for r in table}), "seed": args.seed}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results + ".json").write_text(json.dumps({"meta": meta, "rows": table}, indent=1))
     plot(table, args.results + ".png")

@@ -67,8 +67,10 @@ class StudentCalculator(Calculator):
             "raise" (:class:`ExtrapolationError`) or "ignore"
         tune_allocator: keep freed memory in the process instead of returning it to the
             system between steps (glibc; process-wide, results unchanged): up to 2.6x faster
-            steps from about 2,000 atoms on, but the peak memory grows as the heap fragments
-            (:func:`orbdistill.utils.tune_allocator` has the figures); off by default
+            eager steps (``fused_kernels=False``, exported backends) from about 2,000 atoms
+            on, but the peak memory grows as the heap fragments
+            (:func:`orbdistill.utils.tune_allocator` has the figures); off by default. The
+            fused kernels write no large per-edge tensors and gain little from it
         fused_kernels: on the torch backend on CPU, evaluate with the fused kernels of
             :mod:`orbdistill.kernels` (same results; compiled once on first use): "auto"
             (default: where the student has them and they build), True (raise if they

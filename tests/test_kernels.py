@@ -288,3 +288,20 @@ def test_torchscript_export_of_a_model_running_the_kernels_holds_standard_operat
     path = export_torchscript(model, tmp_path / "m.pt")
     assert "orbdistill" not in str(torch.jit.load(str(path)).code)
     assert model._fused  # and the model keeps running them
+
+
+def test_a_force_loss_on_a_model_a_calculator_froze_runs_eagerly():
+    """A model handed to a calculator (kernels on, parameters frozen) and then given a
+    training loss (forces differentiated again) takes the eager path, not an error."""
+    from orbdistill.graph import build_graph
+
+    model = v2().double()
+    StudentCalculator(model, dtype="float64", device="cpu", fused_kernels=True)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.1, seed=0)
+    g = build_graph([atoms], model.cutoff, dtype=torch.float64)
+    out = model.predict(g, training=True)
+    assert out["forces"].requires_grad or out["forces"].grad_fn is not None
+    ref = model.predict(g)  # kernels, inference
+    torch.testing.assert_close(out["forces"].detach(), ref["forces"], atol=1e-10, rtol=0)
+    assert model._fused

@@ -251,6 +251,13 @@ class StudentModel(torch.nn.Module):
         for structures without a volume. ``training=True`` keeps the graph so that force
         and stress errors can be differentiated with respect to the parameters.
         """
+        if training and getattr(self, "_fused", False):  # a loss on forces needs their derivatives: eager
+            self._fused = False
+            try:
+                return conservative_outputs(self.atomic_energies, graph.inputs(), compute_forces=compute_forces,
+                                            compute_stress=compute_stress, training=training, features=features)
+            finally:
+                self._fused = True
         return conservative_outputs(self.atomic_energies, graph.inputs(), compute_forces=compute_forces,
                                     compute_stress=compute_stress, training=training, features=features)
 

@@ -157,6 +157,7 @@ void PairOrbdistill::read_model(const std::string &path)
                "(no lammps.txt inside). Write it with: orbdistill export PACKAGE --format lammps", path);
   std::istringstream lines(text);
   std::string line, format, dtype;
+  int uses_kernels = 0;
   model_species.clear();
   while (std::getline(lines, line)) {
     std::istringstream words(line);
@@ -166,6 +167,7 @@ void PairOrbdistill::read_model(const std::string &path)
     else if (key == "cutoff") words >> cutoff;
     else if (key == "hops") words >> hops;
     else if (key == "dtype") words >> dtype;
+    else if (key == "kernels") words >> uses_kernels;
     else if (key == "species") {
       int z;
       while (words >> z) model_species.push_back(z);
@@ -177,6 +179,9 @@ void PairOrbdistill::read_model(const std::string &path)
   if (!(cutoff > 0.0) || hops < 1 || model_species.empty())
     error->all(FLERR, "pair_style orbdistill: {} has incomplete metadata (cutoff {}, hops {}, {} species)",
                path, cutoff, hops, model_species.size());
+  if (uses_kernels && device.is_cuda())
+    error->all(FLERR, "pair_style orbdistill: {} calls orbdistill's fused kernels, which run on the CPU only; "
+               "for device cuda export it with: orbdistill export PACKAGE --format lammps --no-kernels", path);
   if (dtype == "float64") model_dtype = torch::kFloat64;
   else if (dtype == "float32") model_dtype = torch::kFloat32;
   else error->all(FLERR, "pair_style orbdistill: {} has dtype '{}' (float32 or float64 expected)", path, dtype);
