@@ -40,7 +40,7 @@ SOURCE_DIR = Path(__file__).parent / "csrc"
 LIBRARY_NAME = "liborbdistill_kernels.so"
 
 __all__ = ["build_kernels", "load_kernels", "kernels_available", "kernels_path", "edge_csr", "edge_geometry",
-           "edge_symmetric", "EdgeStructure", "painn_message", "KernelsNotAvailable"]
+           "edge_symmetric", "EdgeStructure", "painn_message", "fused_requested", "KernelsNotAvailable"]
 
 
 class KernelsNotAvailable(RuntimeError):
@@ -116,6 +116,24 @@ def kernels_available(build: bool = True) -> bool:
         _state["error"] = str(exc)
         log.warning("orbdistill's fused kernels are not available, students run eagerly: %s", exc)
         return False
+
+
+def fused_requested(enable, supported: bool, owner: str) -> bool:
+    """What ``fused_kernels=enable`` means for a model (or export) ``owner`` that has kernels
+    if ``supported``: "auto" is on where supported and the kernels build or load (a log line
+    says why not), True is on or an error, False is off."""
+    if enable not in (True, False, "auto"):
+        raise ValueError(f"fused_kernels must be True, False or 'auto', got {enable!r}")
+    if not enable:
+        return False
+    if not supported:
+        if enable is True:
+            raise ValueError(f"{owner} has no fused kernels")
+        return False
+    if enable is True:
+        load_kernels()
+        return True
+    return kernels_available()
 
 
 # -- thin wrappers (shapes documented in csrc/painn_kernels.cpp) ----------------------------

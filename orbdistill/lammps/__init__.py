@@ -183,17 +183,9 @@ def export_lammps(model, path, dtype=torch.float64, weights_sha256: Optional[str
     from orbdistill.export.traced import _scriptable, metadata
 
     path = Path(path)
-    if fused_kernels not in (True, False, "auto"):
-        raise ValueError(f"fused_kernels must be True, False or 'auto', got {fused_kernels!r}")
-    fused = False
-    if fused_kernels and model.supports_fused_kernels:
-        from orbdistill.kernels import kernels_available, load_kernels
+    from orbdistill.kernels import fused_requested
 
-        if fused_kernels is True:
-            load_kernels()
-        fused = fused_kernels is True or kernels_available()
-    elif fused_kernels is True:
-        raise ValueError(f"{type(model).__name__} has no fused kernels")
+    fused = fused_requested(fused_kernels, model.supports_fused_kernels, type(model).__name__)
     scripted = torch.jit.script(_scriptable(pair_model(model, dtype, fused_kernels=fused)))
     meta = metadata(model, dtype, "lammps", weights_sha256)
     meta["inputs"] = json.dumps(["vectors", "atomic_numbers", "edge_index", "local_mask"])

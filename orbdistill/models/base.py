@@ -197,21 +197,10 @@ class StudentModel(torch.nn.Module):
         architecture has them and they build or load; ``True`` raises if they cannot;
         ``False`` runs the eager model. Returns whether they are on. Models run eagerly on
         other devices and while any parameter requires grad (training)."""
-        if enable not in (True, False, "auto"):
-            raise ValueError(f"enable must be True, False or 'auto', got {enable!r}")
-        on = False
-        if enable and self.supports_fused_kernels:
-            from ..kernels import kernels_available, load_kernels
+        from ..kernels import fused_requested
 
-            if enable is True:
-                load_kernels()
-                on = True
-            else:
-                on = kernels_available()
-        elif enable is True:
-            raise ValueError(f"{type(self).__name__} has no fused kernels")
-        self._fused = on
-        return on
+        self._fused = fused_requested(enable, self.supports_fused_kernels, type(self).__name__)
+        return self._fused
 
     def fused_active(self, tensor: torch.Tensor) -> bool:
         """True when this call takes the fused path (see :meth:`use_fused_kernels`)."""
