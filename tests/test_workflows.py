@@ -65,3 +65,18 @@ def test_md_script_runs_with_a_packaged_student(tmp_path):
 
     frames = read(tmp_path / "md.extxyz", index=":")
     assert len(frames) == 3 and np.isfinite(atoms.get_potential_energy())
+
+
+def test_mgo_chgnet_recipe_is_valid_and_runs(tmp_path):
+    """The ionic-oxide recipe: CHGNet teacher, two elements, surfaces and clusters of a
+    rock-salt seed."""
+    cfg = load_config(WF / "distill_mgo_chgnet.json")
+    assert cfg["teacher"]["name"] == "chgnet" and Path(cfg["generate"]["seeds"][0]).exists()
+    cfg = shrink(cfg, tmp_path)
+    cfg["generate"]["surface_millers"] = [[1, 0, 0]]
+    cfg["generate"]["cluster_sizes"] = [8]
+    summary = distill(cfg, progress=False, log_fn=None)
+    card = json.loads((tmp_path / "pkg" / "card.json").read_text())
+    assert card["teacher"]["name"] == "chgnet" and sorted(card["atomic_numbers"]) == [8, 12]
+    # NVT 2 x 3, strain 4, one (100) slab MD 2, an 8-atom cluster: start + 1 relaxation step + 2 MD
+    assert summary["data"]["n_frames"] == 2 * 3 + 4 + 2 + (1 + 1 + 2)
