@@ -219,12 +219,13 @@ class FastStudentV2(StudentModel):
         feat = kernels.edge_geometry(vectors.contiguous(), self.radial.freqs.to(vectors.dtype), self.radial.prefactor,
                                      c.cutoff, c.envelope_p)
         v = s.new_zeros((n, 3 * fv)) if c.use_vectors else None
+        no_vectors = s.new_zeros((0,))  # what the kernels take where there are no vector states yet
         for k, (msg, upd) in enumerate(zip(self.messages, self.updates)):
             first = k == 0
-            ds, dv = kernels.painn_message(
-                feat, msg.phi(s).contiguous(), v if (v is not None and not first) else s.new_zeros((0,)), senders, receivers, sender_csr,
-                receiver_csr, msg.filter.weight.t().contiguous(), msg.filter.bias, c.num_features, fv, first,
-                symmetric)
+            v_in = v if (v is not None and not first) else no_vectors
+            ds, dv = kernels.painn_message(feat, msg.phi(s).contiguous(), v_in, senders, receivers, sender_csr,
+                                           receiver_csr, msg.filter.weight.t().contiguous(), msg.filter.bias,
+                                           c.num_features, fv, first, symmetric)
             s = s + ds
             if c.use_vectors:
                 v = dv if first else v + dv
