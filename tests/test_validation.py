@@ -386,3 +386,11 @@ def test_phonons_of_a_two_element_crystal_equal_ase_phonons(tmp_path):
     ase_thz = np.sort(ph.band_structure(path.kpts), axis=1) / (units._hplanck / units._e * 1e12)
     np.testing.assert_allclose(np.sort(ours["qpoint_frequencies_thz"], axis=1), ase_thz, atol=0.01)
     assert ours["min_frequency_thz"] < -2.0
+
+
+def test_package_speedup_times_student_and_teacher_on_the_recipe_seed():
+    from orbdistill.validation.throughput import package_speedup
+
+    out = package_speedup("cu-sevennet-v2", n_atoms=32, repeats=1, write=False)
+    assert out["n_atoms"] == 32 and out["formula"] == "Cu32" and out["teacher"] == "sevennet-0"
+    assert out["speedup"] > 3  # SevenNet-0 against its v2 student on Cu32 (about 20-40x measured)
