@@ -123,3 +123,42 @@ def test_packages_are_found_by_name_and_by_a_user_folder(tmp_path, monkeypatch):
     assert calc.card["name"] == "cu-sevennet-v2" and calc.species == {29}
     with pytest.raises(FileNotFoundError, match="Known packages: .*my-cu"):
         StudentCalculator("no-such-student")
+
+
+def _committed_packages():
+    root = Path(__file__).resolve().parent.parent / "calculators"
+    return sorted(p.name for p in root.iterdir() if (p / "card.json").exists())
+
+
+@pytest.mark.parametrize("name", _committed_packages())
+def test_every_committed_package_loads_by_name_and_carries_its_card(name):
+    """What a user relies on for each package: found by name, runs on its own recipe's
+    seed, and its card states teacher, held-out errors, domain, out-of-domain threshold
+    and speed; its TorchScript export gives the eager student's forces."""
+    import json
+
+    import numpy as np
+    from ase.io import read
+
+    from orbdistill.calculator import StudentCalculator
+    from orbdistill.packages import find_package
+    from orbdistill.structures import supercell
+
+    pkg = find_package(name)
+    card = json.loads((pkg / "card.json").read_text())
+    for key in ("teacher", "metrics", "species", "cutoff", "student"):
+        assert key in card, key
+    assert card["metrics"]["force_mae_mev_a"] > 0
+    assert card["speed"]["speedup"] > 1 and card["speed"]["teacher"] == card["teacher"]["name"]
+    seed = Path(json.loads((pkg / "config.json").read_text())["generate"]["seeds"][0]).name
+    atoms = supercell(read(Path(__file__).resolve().parent.parent / "data" / "structures" / seed), 16)
+    atoms.rattle(0.03, seed=0)
+    calc = StudentCalculator(name, on_extrapolation="ignore")
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    assert np.isfinite(atoms.get_potential_energy()) and np.abs(forces.sum(axis=0)).max() < 1e-3
+    if card.get("domain"):  # coverage-era packages: signal, threshold and speed on the card
+        assert card["domain"]["ood"]["threshold"] > 1.0 and "uncertainty" in calc.results
+    if (pkg / "model_float32.torchscript").exists():
+        ts = StudentCalculator(name, backend="torchscript", on_extrapolation="ignore")
+        np.testing.assert_allclose(ts.get_forces(atoms), forces, atol=2e-4)
