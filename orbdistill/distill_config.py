@@ -19,7 +19,7 @@ from typing import Optional, Union
 from orbdistill.config import ConfigError, _format_pydantic, build_config
 
 TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "split_method", "work_dir", "package_dir",
-            "device", "threads", "executor", "onpolicy")
+            "device", "threads", "executor", "onpolicy", "sampler")
 TEACHER_KEYS = ("name", "weights", "precision", "modal")
 STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
 
@@ -104,6 +104,16 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         bad = sorted(set(teacher) - set(TEACHER_KEYS))
         if bad:
             errors.append(f"teacher: unknown keys {bad}; valid: {', '.join(TEACHER_KEYS)}")
+    sampler = raw.get("sampler")
+    if sampler is not None:
+        if not isinstance(sampler, dict) or not isinstance(sampler.get("name"), str):
+            errors.append(f"sampler = {sampler!r}: a mapping with a 'name' (the potential that runs the MD; the "
+                          "teacher labels its frames), or leave it out")
+            sampler = None
+        else:
+            bad = sorted(set(sampler) - set(TEACHER_KEYS))
+            if bad:
+                errors.append(f"sampler: unknown keys {bad}; valid: {', '.join(TEACHER_KEYS)}")
     student = raw.get("student", {"kind": "v2"})
     if not isinstance(student, dict):
         errors.append(f"student = {student!r}: must be a mapping")
@@ -161,6 +171,9 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         "name": name,
         "teacher": {"name": teacher["name"], "weights": _resolve(teacher.get("weights"), base),
                     **{k: teacher[k] for k in ("precision", "modal") if teacher.get(k)}},
+        "sampler": None if sampler is None else {
+            "name": sampler["name"], "weights": _resolve(sampler.get("weights"), base),
+            **{k: sampler[k] for k in ("precision", "modal") if sampler.get(k)}},
         "student": {"kind": student["kind"], "species": species, "overrides": dict(student.get("overrides", {})),
                     "init_from_teacher": bool(student.get("init_from_teacher", False))},
         "generate": dataclasses.asdict(gen),
@@ -175,26 +188,27 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         "threads": threads,
         "_base_dir": str(base),
     }
-    _check_teacher(out, origin)
+    _check_teacher(out["teacher"], origin, "teacher")
+    if out["sampler"] is not None:
+        _check_teacher(out["sampler"], origin, "sampler")
     if check_student:
         check_student_config(out, origin)
     return out
 
 
-def _check_teacher(cfg: dict, origin: str) -> None:
+def _check_teacher(t: dict, origin: str, what: str = "teacher") -> None:
     from orbdistill.teachers import ORB_NAMES, available_teachers
 
-    t = cfg["teacher"]
     key = t["name"].strip().lower()
     if key not in available_teachers():
         others = [n for n in available_teachers() if n not in ORB_NAMES]
-        raise ConfigError(f"{origin}: teacher.name = {t['name']!r}: unknown; valid: {', '.join(others)}, orb-v2, "
+        raise ConfigError(f"{origin}: {what}.name = {t['name']!r}: unknown; valid: {', '.join(others)}, orb-v2, "
                           "orb-v3-{conservative,direct}-{20,inf}-{omat,mpa} (`orbdistill teachers` lists them)")
     w = t.get("weights")
     if w is not None and key not in ORB_NAMES:
-        raise ConfigError(f"{origin}: teacher.weights = {w!r}: only Orb teachers take weights")
+        raise ConfigError(f"{origin}: {what}.weights = {w!r}: only Orb teachers take weights")
     if w not in (None, "random") and "://" not in w and not os.path.exists(w):
-        raise ConfigError(f"{origin}: teacher.weights = {w!r}: no such checkpoint file")
+        raise ConfigError(f"{origin}: {what}.weights = {w!r}: no such checkpoint file")
 
 
 def check_student_config(cfg: dict, origin: str = "config") -> None:
@@ -248,4 +262,16 @@ def teacher_from_config(cfg: dict):
     t = cfg["teacher"]
     kwargs = {k: t[k] for k in ("precision", "modal") if t.get(k)}
     return load_teacher(t["name"], device=cfg.get("device"), weights=t.get("weights"), **kwargs)
+
+
+def sampler_from_config(cfg: dict):
+    """The potential that runs the config's MD and relaxations when it is not the teacher
+    (``sampler`` in the config), or None."""
+    from orbdistill.teachers import load_teacher
+
+    s = cfg.get("sampler")
+    if not s:
+        return None
+    kwargs = {k: s[k] for k in ("precision", "modal") if s.get(k)}
+    return load_teacher(s["name"], device=cfg.get("device"), weights=s.get("weights"), **kwargs)
 

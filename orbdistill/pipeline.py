@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-from orbdistill.distill_config import load_distill_config, teacher_from_config
+from orbdistill.distill_config import load_distill_config, sampler_from_config, teacher_from_config
 from orbdistill.models.domain import fit_domain  # noqa: F401  (part of this module's API)
 from orbdistill.data.dataset import frames_to_samples, split_arguments, split_by_trajectory
 from orbdistill.data.generate import GenerateConfig, domain_summary, generate, read_frames
@@ -54,7 +54,7 @@ def run_generate(cfg: dict, teacher=None, progress: bool = True, max_tasks: Opti
     teacher = teacher or _teacher(cfg)
     gcfg = GenerateConfig.from_dict(cfg.get("generate", {}))
     return generate(gcfg, teacher, Path(cfg["work_dir"]) / "data", progress=progress, max_tasks=max_tasks,
-                    executor=cfg.get("executor"), client=client, extend=extend)
+                    executor=cfg.get("executor"), client=client, extend=extend, sampler=sampler_from_config(cfg))
 
 
 def _student(cfg: dict, frames, teacher=None):
@@ -144,8 +144,11 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     return ood
 
 
-def distill(source, progress: bool = True, log_fn=print, client=None, extend: bool = False) -> dict:
-    """Generate, train, evaluate on held-out trajectories and package. Returns a summary."""
+def distill(source, progress: bool = True, log_fn=print, client=None, extend: bool = False, teacher=None) -> dict:
+    """Generate, train, evaluate on held-out trajectories and package. Returns a summary.
+
+    ``teacher``: a :class:`~orbdistill.teachers.Teacher` to use instead of the one the
+    config names (e.g. one wrapped from an ASE calculator object)."""
     from orbdistill.export.package import write_package
     from orbdistill.training.plots import plot_learning_curves, plot_parity
 
@@ -162,7 +165,7 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
     from orbdistill.training.distributed import context_from_env
 
     dist = context_from_env(cfg["train"]["device"])  # under torchrun: rank 0 labels, all ranks train
-    teacher = _teacher(cfg)
+    teacher = teacher or _teacher(cfg)
     if dist.is_main:
         manifest = run_generate(cfg, teacher=teacher, progress=progress, client=client, extend=extend)
     dist.barrier()
@@ -190,6 +193,7 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
     protocols = sorted({v["protocol"] for v in manifest["tasks"].values()})
     card = {
         "teacher": {k: v for k, v in teacher.describe().items() if k not in ("species",)},
+        **({"sampler": manifest["sampler"]} if manifest.get("sampler") else {}),
         "metrics": metrics,
         "data": {"n_frames": manifest["n_frames"], "n_rejected": manifest["n_rejected"], "n_train": len(train_s),
                  "n_val": len(val_s), "n_test": len(test_s), "protocols": protocols,

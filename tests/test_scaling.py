@@ -129,6 +129,24 @@ def test_the_executor_is_chosen_in_the_config_and_checked(tmp_path):
         load_config(cfg)
 
 
+def test_a_sampler_runs_the_md_on_dask_workers_and_the_teacher_labels(tmp_path, serial, cluster):
+    """With a sampler, workers load both models by spec; here the sampler is the teacher
+    itself, so the frames are the serial ones relabelled (equal up to EMT's last bits)."""
+    _, ref = serial
+    cfg = config(tmp_path)
+    cfg["sampler"] = {"name": "emt"}
+    m = run_generate(cfg, progress=False, client=cluster)
+    assert m["complete"] and m["sampler"]["name"] == "emt"
+    got = frames_by_task(cfg["work_dir"])
+    assert sorted(got) == sorted(ref)
+    for tid in ref:
+        assert len(got[tid]) == len(ref[tid])
+        for fa, fb in zip(got[tid], ref[tid]):
+            assert np.array_equal(fa.positions, fb.positions) and fa.info["sampler"] == "emt"
+            assert fa.get_potential_energy() == pytest.approx(fb.get_potential_energy(), abs=1e-9)
+            assert np.allclose(fa.get_forces(), fb.get_forces(), atol=1e-9)
+
+
 def test_a_teacher_made_from_a_calculator_object_cannot_go_to_dask(tmp_path, cluster):
     from ase.calculators.emt import EMT
 

@@ -155,21 +155,23 @@ def dask_client(cfg: ExecutorConfig):
 
 
 def run_on_dask(client, task_fn, todo, seeds, cfg, teacher, record, progress_bar, max_tasks: Optional[int] = None,
-                threads: Optional[int] = None) -> int:
-    """Submit ``task_fn(task, seeds, cfg, teacher_spec, threads)`` for every task of ``todo``
-    to ``client`` and ``record`` each result as it arrives (in this process: the only
-    writer). Returns the number of tasks recorded."""
+                threads: Optional[int] = None, sampler=None) -> int:
+    """Submit ``task_fn(task, seeds, cfg, teacher_spec, threads[, sampler=sampler_spec])``
+    for every task of ``todo`` to ``client`` and ``record`` each result as it arrives (in
+    this process: the only writer). Returns the number of tasks recorded."""
     from distributed import as_completed
 
-    if teacher.spec is None:
-        raise ValueError(
-            f"Teacher {teacher.name!r} was made from a calculator object and cannot be sent to Dask workers; "
-            "load it by name (load_teacher('sevennet-0'), ...) or use the local executor."
-        )
+    for model in (teacher, sampler):
+        if model is not None and model.spec is None:
+            raise ValueError(
+                f"Teacher {model.name!r} was made from a calculator object and cannot be sent to Dask workers; "
+                "load it by name (load_teacher('sevennet-0'), ...) or use the local executor."
+            )
+    extra = {} if sampler is None else {"sampler": sampler.spec}
     # hash=False: a fresh key, never one a previous (cancelled) run is still releasing
     seeds_future = client.scatter(list(seeds), broadcast=True, hash=False)
     futures = [client.submit(task_fn, task, seeds_future, cfg, teacher.spec, threads, key=f"label-{task['id']}-"
-                             f"{task['rng_seed']}", pure=False, retries=2) for task in todo]
+                             f"{task['rng_seed']}", pure=False, retries=2, **extra) for task in todo]
     done = 0
     try:
         for fut in as_completed(futures):

@@ -468,10 +468,44 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
     raise ValueError(f"Unknown protocol {proto!r}")
 
 
-def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -> dict:
+def relabel_frames(frames: List[Atoms], teacher, task: dict, cfg: GenerateConfig) -> tuple:
+    """``frames`` labelled again by ``teacher`` (their positions, cell and provenance kept;
+    ``info["sampler"]`` names the potential that made them), and how many of them the
+    teacher's labels reject (:func:`accept_frame`). With ``cfg.hvp``, each kept frame gets
+    the teacher's Hessian-vector product."""
+    calc = teacher.calculator()
+    if hasattr(calc, "reset"):
+        calc.reset()
+    out = []
+    for f in frames:
+        src = dict(f.info)
+        a = f.copy()
+        a.calc = None
+        for key in ("hvp_v", "hvp"):
+            a.arrays.pop(key, None)
+        labelled = _label(a, calc, {"id": src.get("traj_id", task.get("id")), "protocol": src.get("protocol", task.get("protocol")),
+                                    "rng_seed": src.get("rng_seed", task.get("rng_seed", 0))},
+                          teacher.name, int(src.get("frame_index", len(out))))
+        labelled.info.update({k: v for k, v in src.items() if k not in ("teacher", "hvp_epsilon")})
+        labelled.info["teacher"] = teacher.name
+        labelled.info["sampler"] = src.get("sampler", src.get("teacher", ""))
+        out.append(labelled)
+    kept = [f for f in out if accept_frame(f, cfg)]
+    if cfg.hvp and kept:
+        from .hessian import teacher_hvp
+
+        rng = np.random.default_rng(task.get("rng_seed", 0) + 1)
+        for f in kept:
+            teacher_hvp(f, calc, rng, cfg.hvp_epsilon)
+    return kept, len(out) - len(kept)
+
+
+def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None, sampler=None) -> dict:
     """Run one task and keep the frames that pass the rejection rules.
 
-    ``teacher`` is a Teacher or, on Dask workers, its spec (a dict).
+    ``teacher`` is a Teacher or, on Dask workers, its spec (a dict). ``sampler`` (the same
+    kinds, or None) runs the task's MD and relaxations instead of the teacher; the teacher
+    then labels the frames the sampler kept, one call each.
     """
     from .executors import teacher_lock, teacher_loads, worker_teacher
 
@@ -480,9 +514,18 @@ def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -
         spec = teacher
         teacher = worker_teacher(spec, threads)
         lock = teacher_lock(spec)  # tasks sharing this worker's teacher run one after the other
+    sampler_lock = contextlib.nullcontext()
+    if isinstance(sampler, dict):
+        sampler_spec = sampler
+        sampler = worker_teacher(sampler_spec, threads)
+        sampler_lock = teacher_lock(sampler_spec)
     t0 = time.perf_counter()
-    with lock:
-        frames = run_task(task, seeds, cfg, teacher)
+    if sampler is None:
+        with lock:
+            frames = run_task(task, seeds, cfg, teacher)
+    else:
+        with sampler_lock:
+            frames = run_task(task, seeds, cfg, sampler)
     kept = [f for f in frames if accept_frame(f, cfg)]
     rejected = len(frames) - len(kept)
     if cfg.keep_fraction < 1.0 and len(kept) > 1:
@@ -490,14 +533,19 @@ def label_task(task: dict, seeds, cfg, teacher, threads: Optional[int] = None) -
 
         chosen = select_diverse(kept, max(1, round(cfg.keep_fraction * len(kept))))
         kept = [kept[k] for k in sorted(chosen)]  # trajectory order
-    if cfg.hvp and kept:
+    deselected = len(frames) - rejected - len(kept)
+    if sampler is not None:
+        with lock:
+            kept, more = relabel_frames(kept, teacher, task, cfg)
+        rejected += more
+    elif cfg.hvp and kept:
         from .hessian import teacher_hvp
 
         calc = teacher.calculator()
         rng = np.random.default_rng(task["rng_seed"] + 1)
         for f in kept:
             teacher_hvp(f, calc, rng, cfg.hvp_epsilon)
-    return {"id": task["id"], "frames": kept, "rejected": rejected, "deselected": len(frames) - rejected - len(kept),
+    return {"id": task["id"], "frames": kept, "rejected": rejected, "deselected": deselected,
             "seconds": round(time.perf_counter() - t0, 2), "worker": f"{os.uname().nodename}:{os.getpid()}",
             "teacher_loads": teacher_loads()}
 
@@ -530,7 +578,7 @@ EXTENDABLE = ("nvt_temperatures_k", "npt_pressures_gpa", "coverage", "surface_mi
               "hot_temperature_factors", "volume_scales")
 
 #: what a manifest records of a finished task besides its plan
-_RESULT_KEYS = ("file", "frames", "rejected", "deselected", "seconds")
+_RESULT_KEYS = ("file", "frames", "rejected", "deselected", "seconds", "sampler_seconds")
 
 
 def _extension_changes(stored: dict, new: dict) -> dict:
@@ -577,7 +625,7 @@ def _adopt_finished(tasks: List[dict], finished: dict) -> List[dict]:
 
 
 def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_tasks: Optional[int] = None,
-             executor=None, client=None, extend: bool = False) -> dict:
+             executor=None, client=None, extend: bool = False, sampler=None) -> dict:
     """Run (or resume) data generation into ``out_dir``. Returns the manifest.
 
     Args:
@@ -591,6 +639,10 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         extend: accept a configuration that adds values to the options of :data:`EXTENDABLE`
             (more cluster sizes, temperatures, facets, volume scales...): the finished tasks
             are kept and only the new ones are labelled. Any other change is refused.
+        sampler: a cheaper potential (a Teacher) that runs the MD and relaxations; the
+            teacher labels only the frames kept, one call each. The configurations then
+            follow the sampler's dynamics, not the teacher's. A folder made without a sampler
+            can be given the teacher's labels later by :func:`orbdistill.data.relabel.relabel`.
     """
     from .executors import ExecutorConfig, dask_client, run_on_dask
 
@@ -601,6 +653,8 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     seeds = load_seeds(cfg.seeds)
     check_teacher_covers(teacher, seeds)
+    if sampler is not None:
+        check_teacher_covers(sampler, seeds)
     tasks = plan_tasks(cfg, seeds)
     if not tasks:
         raise ValueError("The generate configuration produces no task: enable at least one protocol.")
@@ -614,6 +668,11 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         stored = {**{k: v for k, v in defaults.items() if k not in manifest.get("config", {})}, **manifest.get("config", {})}
         if manifest.get("teacher", {}).get("name") != teacher.name:
             raise ValueError(f"{out} was generated with teacher {manifest['teacher'].get('name')!r}, not {teacher.name!r}.")
+        stored_sampler = (manifest.get("sampler") or {}).get("name")
+        if stored_sampler != (sampler.name if sampler is not None else None):
+            raise ValueError(f"{out} was sampled with {stored_sampler or 'its teacher'!r}, not "
+                             f"{sampler.name if sampler is not None else 'the teacher'!r}: set the config's sampler "
+                             "to match, or use a new folder.")
         if stored != cfg_dict:
             if not extend:
                 raise ValueError(
@@ -632,6 +691,8 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
             tasks = _adopt_finished(tasks, manifest["tasks"])
     else:
         manifest = {"config": cfg_dict, "teacher": teacher_desc, "tasks": {}, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if sampler is not None:
+            manifest["sampler"] = {k: v for k, v in sampler.describe().items() if k != "species"}
     for stale in (out / "chunks").glob("*.tmp"):
         stale.unlink()  # an interrupted task: it is run again from its start
     todo = [t for t in tasks if t["id"] not in manifest["tasks"]]
@@ -653,20 +714,22 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
         }
         _atomic_write_json(manifest_path, manifest)
 
-    bar = tqdm(total=len(todo), desc=f"generating with {teacher.name}" + (" on dask" if ex.kind == "dask" else ""),
-               disable=not progress)
+    desc = f"generating with {teacher.name}" + (f" (sampled by {sampler.name})" if sampler is not None else "")
+    bar = tqdm(total=len(todo), desc=desc + (" on dask" if ex.kind == "dask" else ""), disable=not progress)
     try:
         if ex.kind == "dask":
             if client is not None:
-                run_on_dask(client, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+                run_on_dask(client, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker,
+                            sampler=sampler)
             else:
                 with dask_client(ex) as c:
-                    run_on_dask(c, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker)
+                    run_on_dask(c, label_task, todo, seeds, cfg, teacher, record, bar, max_tasks, ex.threads_per_worker,
+                                sampler=sampler)
         else:
             for k, task in enumerate(todo):
                 if max_tasks is not None and k >= max_tasks:
                     break
-                record(label_task(task, seeds, cfg, teacher))
+                record(label_task(task, seeds, cfg, teacher, sampler=sampler))
                 bar.update(1)
     finally:
         bar.close()

@@ -134,6 +134,9 @@ def card_markdown(card: dict) -> str:
         f"| cutoff | {card['cutoff']} Å (neighbour cap: {card['max_neighbors']}) |",
         f"| teacher | {t.get('name')} ({t.get('weights', '')}) |",
     ]
+    if card.get("sampler"):
+        lines.append(f"| configurations | sampled by MD and relaxations of `{card['sampler'].get('name')}`; every "
+                     f"frame labelled by the teacher |")
     if m:
         lines += [
             f"| held-out energy MAE | {m.get('energy_mae_mev_atom', float('nan')):.2f} meV/atom |",
