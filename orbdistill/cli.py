@@ -164,6 +164,10 @@ def cmd_validate(args) -> int:
             over[key] = getattr(args, key)
     if args.sizes:
         over["throughput_sizes"] = tuple(args.sizes)
+    if args.surface_miller:
+        over["surface_miller"] = tuple(args.surface_miller)
+    if args.defects:
+        over["defect_kinds"] = tuple(args.defects)
     if args.temperatures:
         over["md_temperatures_k"] = tuple(args.temperatures)
     if args.sections:
@@ -180,6 +184,32 @@ def cmd_validate(args) -> int:
         if s["n_atoms"] == max(x["n_atoms"] for x in summary["throughput"]["speedups"] if x["model"] == s["model"]):
             print(f"{s['model']:>28}  {s['speedup_over_teacher']:.3g}x faster than {summary['teacher']} at {s['n_atoms']} atoms")
     print(f"wrote {args.out}/report.md and report.json")
+    return 0
+
+
+def cmd_relabel(args) -> int:
+    from orbdistill.data.relabel import relabel
+    from orbdistill.teachers import load_teacher
+
+    _threads(args.threads)
+    kwargs = {"modal": args.modal} if args.modal else {}
+    teacher = load_teacher(args.teacher, device=args.device, weights=args.weights, **kwargs)
+    m = relabel(args.source, args.out, teacher)
+    print(f"{m['n_frames']} frames labelled by {teacher.name} ({m['n_rejected']} rejected in all), sampled by "
+          f"{m['sampler']['name']}: {args.out}")
+    return 0
+
+
+def cmd_compare_teachers(args) -> int:
+    from orbdistill.validation.teachers import comparison_rows, compare_teachers
+
+    _threads(args.threads)
+    r = compare_teachers(args.packages, args.data, out=args.out)
+    groups = ["all"] + list(r["frames_by_group"])
+    print(f"force MAE (meV/Å) on {r['n_frames']} held-out frames: " + ", ".join(groups))
+    for row in comparison_rows(r):
+        print(f"  {row['what']:<60} " + " ".join(f"{row.get(g) or float('nan'):8.1f}" for g in groups))
+    print(f"wrote {args.out}/teachers.md, teachers.json, teachers.png")
     return 0
 
 
@@ -277,11 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--relax-starts", type=int, default=None, help="perturbed relaxation starts (3)")
     v.add_argument("--temperatures", type=float, nargs="+", default=None, help="NVT temperatures, K (300 900)")
     v.add_argument("--sizes", type=int, nargs="+", default=None, help="throughput sizes in atoms")
+    v.add_argument("--surface-miller", type=int, nargs=3, default=None, metavar=("H", "K", "L"),
+                   help="facet of the surface section, of the conventional cell (default 1 1 1)")
+    v.add_argument("--defects", nargs="+", default=None, choices=["vacancy", "interstitial", "antisite"],
+                   help="point defects of the defect section (default: vacancy antisite)")
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     v.add_argument("--weights", default=None, help="teacher weights: a local checkpoint, or 'random' (Orb only)")
     v.add_argument("--threads", type=int, default=None, help="torch CPU threads (stated in the report)")
     v.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="students' precision")
     v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("relabel", help="label a finished data folder's frames with another teacher (one call per "
+                                       "frame; the first teacher becomes the sampler)")
+    r.add_argument("source", help="a generated data folder (WORK_DIR/data)")
+    r.add_argument("out", help="the new data folder (resumes if interrupted)")
+    r.add_argument("--teacher", required=True, help="the new teacher's name (see `orbdistill teachers`)")
+    r.add_argument("--modal", default=None, help="sevennet-mf-0 only: PBE or R2SCAN")
+    r.add_argument("--weights", default=None, help="Orb only: a local checkpoint or 'random'")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--threads", type=int, default=None)
+    r.set_defaults(func=cmd_relabel)
+
+    ct = sub.add_parser("compare-teachers", help="packages of two teachers on the same configurations: the teachers' "
+                                                 "disagreement against each student's distance from its teacher")
+    ct.add_argument("packages", nargs="+", help="two or more packages (folders or names), each from its own teacher")
+    ct.add_argument("--data", nargs="+", default=None, help="each package's data folder (default: its work_dir/data)")
+    ct.add_argument("--out", required=True, help="folder for teachers.md, teachers.json and teachers.png")
+    ct.add_argument("--threads", type=int, default=None)
+    ct.set_defaults(func=cmd_compare_teachers)
 
     k = sub.add_parser("calibrate", help="fit a package's out-of-domain signal from the data it was trained on")
     k.add_argument("package", help="package folder or name")

@@ -198,6 +198,15 @@ def test_validate_quick_writes_report_with_every_section(quick_report):
     assert 0 <= st["flagged_fraction"] <= 1 and len(st["max_uncertainty"]) == 10
     assert "## Surface (1,1,1)" in text
     assert any("phonon" in t for t in targets) and any("surface energy" in t for t in targets)
+    # a vacancy in the MD cell (antisites need two elements): EMT's, and the student's against it
+    dfc = j["defect"]
+    assert set(dfc["emt"]) == {"bulk_energy_ev", "vacancy:Cu", "failed"}
+    assert 1.0 < dfc["emt"]["vacancy:Cu"]["formation_energy_ev"] < 1.4
+    st = dfc["cu-sevennet-v2"]
+    assert st["vs_teacher"]["vacancy:Cu"] == pytest.approx(
+        st["vacancy:Cu"]["formation_energy_ev"] - dfc["emt"]["vacancy:Cu"]["formation_energy_ev"])
+    assert "max_uncertainty" in st["vacancy:Cu"] and "## Point defects" in text
+    assert any(t.startswith("vacancy:Cu formation energy") for t in targets)
 
 
 def test_validate_resumes_finished_sections(quick_report):
@@ -347,6 +356,36 @@ def test_phonopy_frequencies_equal_ase_phonons_and_obey_the_acoustic_sum_rule(tm
     softer = phonons(EMT(), bulk("Cu", "fcc", a=3.65, cubic=True), min_length=10.0, mesh=4)  # expanded: softer
     diff = compare_phonons(ours, softer)
     assert diff["max_frequency_error_thz"] < -0.3 and diff["frequency_mae_thz"] > 0.1 and diff["dos_overlap"] < 0.9
+
+
+def test_point_defect_energies_are_converged_and_relaxation_lowers_them():
+    """EMT's Cu vacancy (1.23 eV) in 32- and 108-atom cells, and a Cu3Au antisite pair,
+    which needs no reference energy; relaxation can only lower a formation energy."""
+    from ase.build import bulk as build
+    from ase.calculators.emt import EMT
+
+    from orbdistill.data.coverage import make_defect
+    from orbdistill.validation.suite import point_defect_energies
+
+    vac = []
+    for n in (2, 3):
+        cell = build("Cu", "fcc", a=3.59, cubic=True).repeat(n)
+        e = point_defect_energies(EMT(), cell, {"vacancy:Cu": make_defect(cell, "vacancy:Cu", np.random.default_rng(0))})
+        d = e["vacancy:Cu"]
+        assert d["relax_converged"] and d["formation_energy_ev"] <= d["unrelaxed_ev"] and d["n_atoms"] == len(cell) - 1
+        vac.append(d["formation_energy_ev"])
+    assert 1.1 < vac[1] < 1.35 and vac[0] == pytest.approx(vac[1], abs=0.01)
+    unit = build("Cu", "fcc", a=3.75, cubic=True)
+    unit[0].symbol = "Au"  # L1_2 Cu3Au
+    cell = unit.repeat(2)
+    swap = make_defect(cell, "antisite:Au-Cu", np.random.default_rng(1))
+    e = point_defect_energies(EMT(), cell, {"antisite:Au-Cu": swap})
+    ref = cell.copy()
+    ref.calc = EMT()
+    s2 = swap.copy()
+    s2.calc = EMT()
+    assert e["antisite:Au-Cu"]["unrelaxed_ev"] == pytest.approx(s2.get_potential_energy() - ref.get_potential_energy())
+    assert 0 < e["antisite:Au-Cu"]["formation_energy_ev"] <= e["antisite:Au-Cu"]["unrelaxed_ev"]
 
 
 def test_surface_energies_of_fcc_facets_are_ordered_and_converged():

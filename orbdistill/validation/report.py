@@ -383,6 +383,31 @@ def write_report(summary: dict, out) -> dict:
                "student's own slab frames above its out-of-domain threshold.", "",
                _table(["model", "γ (J/m²)", "γ error vs teacher (%)", "mean E_pot (eV/atom)", "F MAE on teacher frames (meV/Å)",
                        "E MAE (meV/atom)", "flagged", "MD failure"], rows), ""]
+    if summary.get("defect"):
+        dfc = summary["defect"]
+        ref = dfc.get(summary["teacher"], {})
+        kinds = [k for k in ref if isinstance(ref[k], dict)]
+        rows = []
+        for n, e in dfc.items():
+            if e.get("failed"):
+                rows.append([n, f"failed: {e['failed'][:80]}"] + ["-"] * 5)
+                continue
+            for k in kinds:
+                if k not in e:
+                    continue
+                d = e[k]
+                rows.append([n, k, _fmt(d["formation_energy_ev"], ".3f"), _fmt(d["unrelaxed_ev"], ".3f"),
+                             _fmt(e.get("vs_teacher", {}).get(k), "+.3f") if "vs_teacher" in e else "-",
+                             _fmt(d.get("max_displacement_a"), ".3f"),
+                             _fmt(d.get("max_uncertainty"), ".2f") if "max_uncertainty" in d else "-"])
+        n_atoms = summary.get("md_system", {}).get("n_atoms")
+        md += ["## Point defects", "",
+               f"One defect in the {n_atoms}-atom MD supercell of the teacher-relaxed crystal, the same start for every "
+               "model, relaxed at fixed cell (FIRE, 0.02 eV/Å). Formation energy E_defect - E_bulk - Δn·E_bulk/N: an atom "
+               "removed or added is referred to the model's own bulk energy per atom (for compounds a fixed reference, "
+               "not a chemical potential, so that models compare).", "",
+               _table(["model", "defect", "E_f relaxed (eV)", "E_f unrelaxed (eV)", "error vs teacher (eV)",
+                       "largest relaxation (Å)", "largest uncertainty"], rows), ""]
     md += ["## Timing", "", ", ".join(f"{k} {v:.0f} s" for k, v in summary["timing_s"].items()), ""]
     path = out / "report.md"
     tmp = path.with_name("report.md.tmp")

@@ -37,7 +37,7 @@ from orbdistill.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic", "phonons", "surface")
+SECTIONS = ("nve", "sweep", "throughput", "md", "relax", "eos", "elastic", "phonons", "surface", "defect")
 REPORT_SCHEMA = 2  # bump when the content of a section changes: older reports are not resumed
 
 
@@ -89,6 +89,10 @@ class ValidateConfig:
     surface_vacuum: Annotated[float, Field(ge=6.0)] = 12.0
     surface_temperature_k: PositiveFloat = 600.0
     surface_steps: PositiveInt = 500
+    # point defects in the MD supercell: formation energies, student against teacher
+    defect_kinds: Tuple[Literal["vacancy", "interstitial", "antisite"], ...] = ("vacancy", "antisite")
+    defect_fmax: PositiveFloat = 0.02
+    defect_steps: PositiveInt = 300
     seed: NonNegativeInt = 0
     progress: bool = True
 
@@ -470,6 +474,77 @@ def _section_surface(run: ValidationRun) -> None:
     run.save()
 
 
+def point_defect_energies(calc, cell, defects: Dict[str, object], fmax: float = 0.02, steps: int = 300) -> dict:
+    """Formation energies of point defects in ``cell`` with ``calc``, unrelaxed and relaxed
+    at fixed cell (FIRE to ``fmax``).
+
+    ``defects`` maps a name (``vacancy:X``, ``interstitial:X``, ``antisite:X-Y``, see
+    :func:`orbdistill.data.coverage.make_defect`) to the defect cell. An atom removed or
+    added is referred to the model's own bulk energy per atom, ``mu = E_bulk / N``: the
+    elemental convention, and for compounds a fixed reference (not a chemical potential)
+    that makes two models' values comparable. Antisites need none. Energies in eV.
+
+    >>> from ase.build import bulk
+    >>> from ase.calculators.emt import EMT
+    >>> cell = bulk("Cu", "fcc", a=3.59, cubic=True).repeat(2)
+    >>> vac = cell.copy(); del vac[0]
+    >>> e = point_defect_energies(EMT(), cell, {"vacancy:Cu": vac})
+    >>> 0.8 < e["vacancy:Cu"]["formation_energy_ev"] < 1.4     # EMT's Cu vacancy
+    True
+    """
+    from ase.optimize import FIRE
+
+    b = cell.copy()
+    b.calc = calc
+    e_bulk = float(b.get_potential_energy())
+    mu = e_bulk / len(b)
+    out = {"bulk_energy_ev": e_bulk}
+    for name, d in defects.items():
+        a = d.copy()
+        a.calc = calc
+        ref = e_bulk + (len(a) - len(b)) * mu
+        unrelaxed = float(a.get_potential_energy()) - ref
+        converged = FIRE(a, logfile=None).run(fmax=fmax, steps=steps)
+        entry = {"formation_energy_ev": float(a.get_potential_energy()) - ref, "unrelaxed_ev": unrelaxed,
+                 "relax_converged": bool(converged), "n_atoms": len(a),
+                 "max_displacement_a": float(np.linalg.norm(a.positions - d.positions, axis=1).max())}
+        if "max_uncertainty" in getattr(a.calc, "results", {}):
+            entry["max_uncertainty"] = float(a.calc.results["max_uncertainty"])
+        out[name] = entry
+    return out
+
+
+def _section_defect(run: ValidationRun) -> None:
+    """Point defects (``defect_kinds``: vacancies, interstitials, antisites) in the MD
+    supercell of the teacher-relaxed crystal, made once and relaxed by every model at the
+    same cell: formation energies against the teacher's."""
+    from orbdistill.data.coverage import defect_kinds_for, make_defect
+
+    if not all(run.structure.pbc) or not run.pending("defect"):
+        return
+    cfg = run.cfg
+    cell = run.system
+    rng = np.random.default_rng(cfg.seed)
+    defects = {}
+    for kind in defect_kinds_for(cell, cfg.defect_kinds):
+        try:
+            defects[kind] = make_defect(cell, kind, rng)
+        except ValueError as exc:  # e.g. a vacancy of an element with one atom in the cell
+            log.info("defect %s skipped: %s", kind, exc)
+    if not defects:
+        return
+    _per_model(run, "defect", lambda m: _guarded(point_defect_energies, m.calc, cell, defects,
+                                                 fmax=cfg.defect_fmax, steps=cfg.defect_steps))
+    ref = run.summary["defect"].get(run.teacher.name, {})
+    for m in run.models:
+        e = run.summary["defect"][m.name]
+        if m.role != "student" or e.get("failed") or ref.get("failed"):
+            continue
+        e["vs_teacher"] = {k: e[k]["formation_energy_ev"] - ref[k]["formation_energy_ev"] for k in defects
+                           if k in e and k in ref}
+    run.save()
+
+
 #: section name -> what runs it, in the order they run (relaxation always runs first: its
 #: structures start every other section; "relax" in the config adds the perturbed starts)
 SECTION_RUNNERS: Dict[str, Callable[[ValidationRun], None]] = {
@@ -482,6 +557,7 @@ SECTION_RUNNERS: Dict[str, Callable[[ValidationRun], None]] = {
     "throughput": _section_throughput,
     "phonons": _section_phonons,
     "surface": _section_surface,
+    "defect": _section_defect,
 }
 assert set(SECTION_RUNNERS) == set(SECTIONS)
 
@@ -781,6 +857,15 @@ def _targets(summary: dict, teacher: str) -> list:
             rows.append({"model": name, "target": "surface energy within 10 % of the teacher",
                          "value": 100 * surf["surface_energy_rel_error"], "pass": abs(surf["surface_energy_rel_error"]) < 0.1,
                          "detail": "relative difference, % (relaxed slab, each model's own bulk energy)"})
+        dfc = summary.get("defect", {})
+        ref = dfc.get(teacher, {})
+        for kind, diff in dfc.get(name, {}).get("vs_teacher", {}).items():
+            e_ref = ref[kind]["formation_energy_ev"]
+            tol = max(0.1, 0.1 * abs(e_ref))
+            rows.append({"model": name, "target": f"{kind} formation energy within 0.1 eV or 10 % of the teacher",
+                         "value": diff, "pass": abs(diff) <= tol,
+                         "detail": f"eV; teacher {e_ref:.3f} eV, student {dfc[name][kind]['formation_energy_ev']:.3f} eV "
+                                   f"(relaxed at the teacher's cell, {ref[kind]['n_atoms']} atoms)"})
         for key, entry in summary.get("md", {}).items():
             e = entry["models"].get(name, {})
             if "rdf_overlap" in e:
