@@ -191,6 +191,10 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
     plot_parity(preds, metrics, work / "parity.png", title=f"{cfg['name']}: held-out trajectories")
     timing["total_s"] = time.perf_counter() - t0
     protocols = sorted({v["protocol"] for v in manifest["tasks"].values()})
+    # what labelling cost when it ran, also when this call resumed or the data were relabelled
+    timing["data_tasks_s"] = sum(float(v.get("seconds") or 0.0) for v in manifest["tasks"].values())
+    if any(v.get("sampler_seconds") is not None for v in manifest["tasks"].values()):
+        timing["sampler_tasks_s"] = sum(float(v.get("sampler_seconds") or 0.0) for v in manifest["tasks"].values())
     card = {
         "teacher": {k: v for k, v in teacher.describe().items() if k not in ("species",)},
         **({"sampler": manifest["sampler"]} if manifest.get("sampler") else {}),

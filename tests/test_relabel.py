@@ -165,6 +165,9 @@ def test_two_teachers_two_students_on_the_same_held_out_frames(tmp_path):
     b = load_config({**base, "name": "cu-x", "teacher": {"name": "emt"}, "sampler": {"name": "emt"},
                      "work_dir": str(tmp_path / "b"), "package_dir": str(tmp_path / "cu-x")})
     distill(b, progress=False, log_fn=None, teacher=lj)  # the folder is complete: nothing is labelled again
+    timing = json.loads((tmp_path / "cu-x" / "card.json").read_text())["timing"]
+    assert timing["data_tasks_s"] > 0 and timing["sampler_tasks_s"] > 0  # relabelling, and the MD it reused
+    assert "sampler_tasks_s" not in json.loads((tmp_path / "cu-emt" / "card.json").read_text())["timing"]
     r = compare_teachers([tmp_path / "cu-emt", tmp_path / "cu-x"], out=tmp_path / "cmp", progress=False)
     assert r["teachers"] == ["emt", "emt-x2.5"] and r["n_frames"] > 0
     # the teachers' disagreement equals the labels' difference computed here

@@ -80,3 +80,35 @@ def test_mgo_chgnet_recipe_is_valid_and_runs(tmp_path):
     assert card["teacher"]["name"] == "chgnet" and sorted(card["atomic_numbers"]) == [8, 12]
     # NVT 2 x 3, strain 4, one (100) slab MD 2, an 8-atom cluster: start + 1 relaxation step + 2 MD
     assert summary["data"]["n_frames"] == 2 * 3 + 4 + 2 + (1 + 1 + 2)
+
+
+def test_nial_sevennet_recipe_is_valid_and_runs(tmp_path):
+    """The B2 intermetallic recipe: two metals, antisites among its defects, a (110) slab."""
+    cfg = load_config(WF / "distill_nial_sevennet.json")
+    assert cfg["teacher"]["name"] == "sevennet-0" and Path(cfg["generate"]["seeds"][0]).exists()
+    assert "antisite" in cfg["generate"]["defect_kinds"]
+    cfg = shrink(cfg, tmp_path)
+    cfg["generate"]["surface_millers"] = [[1, 1, 0]]
+    summary = distill(cfg, progress=False, log_fn=None)
+    card = json.loads((tmp_path / "pkg" / "card.json").read_text())
+    assert sorted(card["atomic_numbers"]) == [13, 28] and "sampler" not in card
+    assert summary["data"]["n_frames"] == 2 * 3 + 4 + 2 + (1 + 1 + 2)
+
+
+def test_nial_l3i5_recipe_labels_the_frames_sevennet0_samples(tmp_path):
+    """The expensive teacher labels only the frames its sampler keeps: one call a frame."""
+    cfg = load_config(WF / "distill_nial_sevennet_l3i5.json")
+    assert cfg["teacher"]["name"] == "sevennet-l3i5" and cfg["sampler"]["name"] == "sevennet-0"
+    same = load_config(WF / "distill_nial_sevennet.json")["generate"]
+    assert cfg["generate"] == same  # the two NiAl packages share their configurations
+    cfg = shrink(cfg, tmp_path)
+    cfg["generate"].update({"nvt_trajectories_per_temperature": 2, "nvt_frames": 2, "strain_frames": 0,
+                            "coverage": []})
+    distill(cfg, progress=False, log_fn=None)
+    card = json.loads((tmp_path / "pkg" / "card.json").read_text())
+    assert card["teacher"]["name"] == "sevennet-l3i5" and card["sampler"]["name"] == "sevennet-0"
+    from orbdistill.data.generate import read_frames
+
+    frames = read_frames(tmp_path / "run" / "data")
+    assert len(frames) == 4 and all(f.info["teacher"] == "sevennet-l3i5" and f.info["sampler"] == "sevennet-0"
+                                    for f in frames)

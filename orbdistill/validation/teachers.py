@@ -150,12 +150,12 @@ def comparison_rows(result: dict, quantity: str = "force_mae_mev_a") -> List[Dic
     """One row per comparison (teachers, each student against each teacher) and one column per
     group: the table of the report and the bars of the plot."""
     groups = ["all"] + [g for g in result["frames_by_group"]]
-    rows = [{"what": f"teachers: {pair}", **{g: v[g][quantity] for g in groups if g in v}}
+    rows = [{"what": f"teachers: {pair}", **{g: v[g].get(quantity) for g in groups if g in v}}
             for pair, v in result["pairs"].items()]
     for name, s in result["students"].items():
         for t in result["teachers"]:
             own = "own teacher" if t == s["teacher"] else "other teacher"
-            rows.append({"what": f"{name} vs {t} ({own})", **{g: s[f"vs {t}"][g].get(quantity) for g in groups}})
+            rows.append({"what": f"{name} vs {t} ({own})", **{g: s[f"vs {t}"][g].get(quantity) for g in groups if g in s[f"vs {t}"]}})
     return rows
 
 
