@@ -273,3 +273,35 @@ def test_a_data_folder_is_extended_with_new_values_and_keeps_its_finished_tasks(
     with pytest.raises(ValueError, match="lost"):
         generate(GenerateConfig(**{**base, "cluster_sizes": [19], "nvt_temperatures_k": [300.0, 600.0]}), teacher,
                  data, progress=False, extend=True)
+
+
+def test_reference_phases_put_each_element_of_a_compound_on_its_own(tmp_path):
+    """A compound's data fix only the sum of its elements' energies; the reference phases
+    (each element's own crystal) fix them apart. Asked for in ``coverage``; planned only for
+    multi-element seeds and elements with a crystalline reference state."""
+    cu3au = bulk("Cu", "fcc", a=3.75, cubic=True)
+    cu3au[0].symbol = "Au"
+    cfg = GenerateConfig(seeds=["x"], sizes=[32], nvt_temperatures_k=[300.0], nvt_frames=2, nvt_equilibration_steps=2,
+                         nvt_interval_steps=2, coverage=["reference"], reference_temperatures_k=[300.0, 600.0],
+                         reference_frames=3)
+    tasks = [t for t in plan_tasks(cfg, [cu3au]) if t["protocol"] == "reference"]
+    assert sorted((t["element"], t["temperature_K"]) for t in tasks) == [("Au", 300.0), ("Au", 600.0),
+                                                                         ("Cu", 300.0), ("Cu", 600.0)]
+    assert not [t for t in plan_tasks(cfg, [CU]) if t["protocol"] == "reference"]  # one element: the seed is it
+    mgo = bulk("MgO", "rocksalt", a=4.21)
+    assert {t["element"] for t in plan_tasks(cfg, [mgo]) if t["protocol"] == "reference"} == {"Mg"}  # O2 is molecular
+    # off unless asked for: data folders made before keep their configuration
+    assert "reference" not in GenerateConfig().coverage
+    cfg_file = tmp_path / "cu3au.cif"
+    cu3au.write(cfg_file)
+    cfg.seeds = [str(cfg_file)]
+    m = generate(cfg, load_teacher("emt"), tmp_path / "data", progress=False)
+    frames = [f for f in read_frames(tmp_path / "data") if f.info["protocol"] == "reference"]
+    assert len(frames) == 4 * 3 and m["complete"]
+    for f in frames:
+        assert set(f.get_chemical_symbols()) == {f.info["element"]} and f.pbc.all() and len(f) >= 28
+        assert "stress" in f.calc.results
+    from orbdistill.data.generate import domain_summary, protocol_group
+
+    assert protocol_group("reference") == "reference"
+    assert domain_summary(m)["reference"]["frames"] == 12

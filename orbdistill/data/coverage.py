@@ -304,6 +304,42 @@ def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
 
 
 # --------------------------------------------------------------------------------------
+# elemental reference phases
+# --------------------------------------------------------------------------------------
+
+#: ASE reference states that :func:`ase.build.bulk` builds as a crystal
+_CRYSTALS = ("fcc", "bcc", "hcp", "diamond", "sc", "bct", "rhombohedral")
+
+
+def reference_elements(atoms: Atoms) -> List[str]:
+    """The elements of a multi-element cell whose reference state is a crystal (ASE's
+    ``reference_states``): the phases that fix each element's energy apart from the
+    compound's (an element of a one-element cell, or a molecular element such as O or N,
+    gives none)."""
+    from ase.data import atomic_numbers, reference_states
+
+    elements = sorted(set(atoms.get_chemical_symbols()))
+    if len(elements) < 2:
+        return []
+    return [e for e in elements if (reference_states[atomic_numbers[e]] or {}).get("symmetry") in _CRYSTALS]
+
+
+def reference_crystal(symbol: str) -> Atoms:
+    """The element's reference crystal at ASE's tabulated lattice constant (the conventional
+    cell where there is one).
+
+    >>> reference_crystal("Ni").get_chemical_formula(), reference_crystal("Al").cell.lengths()[0].round(2)
+    ('Ni4', np.float64(4.05))
+    """
+    from ase.build import bulk
+
+    try:
+        return bulk(symbol, cubic=True)
+    except Exception:  # hcp and other non-cubic references
+        return bulk(symbol)
+
+
+# --------------------------------------------------------------------------------------
 # clusters
 # --------------------------------------------------------------------------------------
 

@@ -77,7 +77,10 @@ log = logging.getLogger(__name__)
 
 
 BASE_PROTOCOLS = ("nvt", "npt", "strain", "rattle_relax", "relax")
-COVERAGE = ("surface", "defect", "cluster", "hot", "volume")
+COVERAGE = ("surface", "defect", "cluster", "hot", "volume", "reference")
+#: the coverage protocols on when a config does not list them ("reference" is asked for: data
+#: folders made before it existed keep their configuration)
+DEFAULT_COVERAGE = ("surface", "defect", "cluster", "hot", "volume")
 PROTOCOLS = BASE_PROTOCOLS + COVERAGE
 # which coverage protocols apply to which kind of seed
 APPLIES = {"bulk": COVERAGE, "molecular": ("surface", "cluster", "hot", "volume"),
@@ -92,7 +95,7 @@ def protocol_group(protocol: str) -> str:
     return PROTOCOL_GROUPS.get(protocol, protocol)
 
 # provenance keys copied from a task into every frame's info
-PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "volume_scale")
+PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "volume_scale", "element")
 
 
 @config_dataclass
@@ -129,7 +132,7 @@ class GenerateConfig:
     relax_trajectories: NonNegativeInt = 0
     relax_max_steps: PositiveInt = 25
     relax_fmax: PositiveFloat = 0.02
-    coverage: List[Literal[COVERAGE]] = field(default_factory=lambda: list(COVERAGE))
+    coverage: List[Literal[COVERAGE]] = field(default_factory=lambda: list(DEFAULT_COVERAGE))
     surface_millers: List[Tuple[int, int, int]] = field(default_factory=lambda: [(1, 0, 0), (1, 1, 0), (1, 1, 1)])
     surface_min_thickness: PositiveFloat = 10.0
     vacuum: Annotated[float, Field(ge=6.0)] = 12.0
@@ -152,6 +155,8 @@ class GenerateConfig:
     hot_timestep_fs: Annotated[float, Field(gt=0, le=20)] = 2.0
     volume_scales: List[Annotated[float, Field(gt=0.5, lt=1.5)]] = field(default_factory=lambda: [0.88, 0.92, 1.08, 1.12])
     volume_frames: NonNegativeInt = 8
+    reference_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
+    reference_frames: NonNegativeInt = 15
     keep_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     hvp: bool = False                                  # a teacher Hessian-vector product per frame (2 more calls)
     hvp_epsilon: Annotated[float, Field(gt=0, le=0.05)] = 0.01
@@ -247,6 +252,14 @@ def plan_tasks(cfg: GenerateConfig, seeds: Union[int, Sequence[Atoms]]) -> List[
                 for f in cfg.hot_temperature_factors:
                     add(protocol="hot", seed_index=s, seed_kind=kind, size=size, temperature_K=round(f * tm, 1),
                         melting_point_K=round(float(tm), 1), melting_point_source=source, n_frames=cfg.hot_frames)
+        if "reference" in applies and cfg.reference_frames:
+            from .coverage import reference_elements
+
+            for element in reference_elements(seeds[s]):
+                for size in sizes("reference"):
+                    for t in cfg.reference_temperatures_k:
+                        add(protocol="reference", seed_index=s, seed_kind=kind, element=element, size=size,
+                            temperature_K=float(t), n_frames=cfg.reference_frames)
         if "volume" in applies and cfg.volume_frames:
             for size in sizes("volume"):
                 for scale in cfg.volume_scales:
@@ -380,6 +393,10 @@ def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> 
         return make_defect(supercell(seed, task["size"], at_least=False), task["defect"], rng)
     if proto == "cluster":
         return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular")
+    if proto == "reference":
+        from .coverage import reference_crystal
+
+        return supercell(reference_crystal(task["element"]), task["size"], at_least=False)
     if proto == "volume":
         base = supercell(seed, task["size"], at_least=False)
         if task["seed_kind"] == "molecular":  # move whole molecules, keep their shape
@@ -431,7 +448,7 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
         a = _coverage_structure(task, seeds[task["seed_index"]], cfg, rng)
         if proto == "surface" and task["mode"] == "rattle_relax":
             return _rattle_relax(a, calc, task, cfg, name, rng, task["n_starts"])
-        if proto in ("surface", "hot"):
+        if proto in ("surface", "hot", "reference"):
             hot = proto == "hot"
             tm = task.get("melting_point_K", 0.0)
             return _run_md(a, calc, task, cfg, name, rng, timestep_fs=cfg.hot_timestep_fs if hot else None,
