@@ -305,3 +305,18 @@ def test_reference_phases_put_each_element_of_a_compound_on_its_own(tmp_path):
 
     assert protocol_group("reference") == "reference"
     assert domain_summary(m)["reference"]["frames"] == 12
+
+
+def test_nearest_defects_do_not_depend_on_the_random_state():
+    """What the validation's defect section builds: the same vacancy and the same
+    nearest-neighbour antisite pair for any random state; drawn defects may differ."""
+    nial = bulk("NiAl", "cesiumchloride", a=2.88).repeat(3)
+    for kind in ("vacancy:Ni", "antisite:Al-Ni"):
+        a, b = (make_defect(nial, kind, np.random.default_rng(s), nearest=True) for s in (0, 1))
+        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions)
+    swap = make_defect(nial, "antisite:Al-Ni", np.random.default_rng(5), nearest=True)
+    changed = np.flatnonzero(swap.numbers != nial.numbers)
+    assert len(changed) == 2 and swap.get_distance(*changed, mic=True) == pytest.approx(2.88 * np.sqrt(3) / 2)
+    drawn = {tuple(np.flatnonzero(make_defect(nial, "antisite:Al-Ni", np.random.default_rng(s)).numbers != nial.numbers))
+             for s in range(6)}
+    assert len(drawn) > 1

@@ -218,6 +218,9 @@ def test_validate_resumes_finished_sections(quick_report):
     assert again["nve"]["cu-sevennet-v2"]["total_ev"] == before["nve"]["cu-sevennet-v2"]["total_ev"]
     assert again["timing_s"]["nve"] == before["timing_s"]["nve"]
     assert again["throughput"]["rows"] == before["throughput"]["rows"]
+    # a resumed phonon section compares the stored results (lists in report.json) again
+    ph = validate("emt", [str(V2)], out=out, config=ValidateConfig.quick(progress=False, sections=("phonons",)), threads=2)
+    assert ph["phonons"]["cu-sevennet-v2"]["vs_teacher"] == pytest.approx(before["phonons"]["cu-sevennet-v2"]["vs_teacher"])
 
 
 def test_validate_rejects_elements_the_student_was_not_trained_on(tmp_path):

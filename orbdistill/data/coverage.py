@@ -273,10 +273,15 @@ def largest_void(atoms: Atoms, rng: np.random.Generator, n_trials: int = 4000) -
     return best
 
 
-def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
+def make_defect(cell: Atoms, kind: str, rng: np.random.Generator, nearest: bool = False) -> Atoms:
     """A copy of ``cell`` with one point defect: ``vacancy:X`` (an X atom removed),
     ``interstitial:X`` (an X atom in the largest void), ``antisite:X-Y`` (an X and a Y
-    swapped)."""
+    swapped).
+
+    The atoms are drawn with ``rng``; with ``nearest``, a vacancy removes the first X atom
+    and an antisite swaps the first X atom with its nearest Y neighbour (the same defect
+    whatever the random state: what comparisons between models need).
+    """
     what, _, spec = kind.partition(":")
     a = cell.copy()
     symbols = np.array(a.get_chemical_symbols())
@@ -284,7 +289,7 @@ def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
         idx = np.flatnonzero(symbols == spec)
         if len(idx) < 2:
             raise ValueError(f"Cannot make {kind}: the cell has {len(idx)} {spec} atom(s).")
-        del a[int(rng.choice(idx))]
+        del a[int(idx[0]) if nearest else int(rng.choice(idx))]
     elif what == "interstitial":
         a.append(spec)
         a.positions[-1] = largest_void(cell, rng)
@@ -293,7 +298,11 @@ def make_defect(cell: Atoms, kind: str, rng: np.random.Generator) -> Atoms:
         ix, iy = np.flatnonzero(symbols == x), np.flatnonzero(symbols == y)
         if not len(ix) or not len(iy):
             raise ValueError(f"Cannot make {kind}: the cell lacks {x} or {y}.")
-        i, j = int(rng.choice(ix)), int(rng.choice(iy))
+        if nearest:
+            i = int(ix[0])
+            j = int(iy[np.argmin(a.get_distances(i, iy, mic=bool(a.pbc.any())))])
+        else:
+            i, j = int(rng.choice(ix)), int(rng.choice(iy))
         numbers = a.numbers.copy()
         numbers[i], numbers[j] = numbers[j], numbers[i]
         a.numbers = numbers

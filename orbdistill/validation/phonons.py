@@ -109,7 +109,8 @@ def compare_phonons(reference: Dict, other: Dict) -> Dict:
     fr, fo = np.asarray(reference["frequencies_thz"]), np.asarray(other["frequencies_thz"])
     if fr.shape != fo.shape:
         raise ValueError(f"Phonon meshes differ: {fr.shape} vs {fo.shape}.")
-    d_ref, d_oth = reference["dos"], other["dos"]
+    # arrays, or lists when the results come back from a resumed report.json
+    d_ref, d_oth = ({k: np.asarray(v) for k, v in r["dos"].items()} for r in (reference, other))
     grid = np.linspace(min(d_ref["frequency_thz"].min(), d_oth["frequency_thz"].min()),
                        max(d_ref["frequency_thz"].max(), d_oth["frequency_thz"].max()), 400)
     g1 = np.interp(grid, d_ref["frequency_thz"], d_ref["dos"], left=0, right=0)
