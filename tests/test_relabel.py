@@ -122,7 +122,10 @@ def test_relabel_refuses_an_unfinished_or_same_teacher_source(tmp_path, emt_fold
         relabel(partial, tmp_path / "y", lj_teacher(), progress=False)
     with pytest.raises(FileNotFoundError, match="no manifest"):
         relabel(tmp_path / "nothing", tmp_path / "z", lj_teacher(), progress=False)
-    with pytest.raises(ValueError, match="species|not trained|cover"):
+    with pytest.raises(ValueError, match="^sampler: .*does not cover Cu"):
+        generate(GenerateConfig(**GEN), lj_teacher(), tmp_path / "v", progress=False,
+                 sampler=teacher_from_calculator(EMT(), name="emt-au", species=[79]))
+    with pytest.raises(ValueError, match="does not cover Cu"):
         relabel(emt_folder, tmp_path / "w", teacher_from_calculator(EMT(), name="emt-au", species=[79]),
                 progress=False)
 
@@ -194,6 +197,12 @@ def test_two_teachers_two_students_on_the_same_held_out_frames(tmp_path):
     assert main(["compare-teachers", str(tmp_path / "cu-emt"), str(tmp_path / "cu-x"), "--out", str(tmp_path / "c2")]) == 0
     again = json.loads((tmp_path / "c2" / "teachers.json").read_text())
     assert again["pairs"] == r["pairs"]
+    # a data folder of other configurations under the same trajectory names is refused by name
+    other = tmp_path / "other"
+    generate(GenerateConfig(**{**GEN, "nvt_trajectories_per_temperature": 3, "nvt_frames": 4,
+                               "surface_temperatures_k": [300.0, 600.0], "seed": 7}), lj, other, progress=False)
+    with pytest.raises(ValueError, match="positions differ"):
+        compare_teachers([tmp_path / "cu-emt", tmp_path / "cu-x"], [tmp_path / "a" / "data", other], progress=False)
     with pytest.raises(ValueError, match="share a teacher"):
         compare_teachers([tmp_path / "cu-emt", tmp_path / "cu-emt"], progress=False)
 

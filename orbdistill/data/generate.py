@@ -671,7 +671,10 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
     seeds = load_seeds(cfg.seeds)
     check_teacher_covers(teacher, seeds)
     if sampler is not None:
-        check_teacher_covers(sampler, seeds)
+        try:
+            check_teacher_covers(sampler, seeds)
+        except ValueError as exc:
+            raise ValueError(f"sampler: {exc}") from exc
     tasks = plan_tasks(cfg, seeds)
     if not tasks:
         raise ValueError("The generate configuration produces no task: enable at least one protocol.")
