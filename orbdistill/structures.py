@@ -80,3 +80,56 @@ def supercell(atoms, n_target: int, at_least: bool = True):
     for ax, r in zip(axes, best):
         full[ax] = int(r)
     return atoms.repeat(full)
+
+
+def molecular_liquid(molecule="H2O", n_molecules: int = 64, density_g_cm3: float = 1.0, seed: int = 0,
+                     min_distance: float = 1.9, max_tries: int = 5000):
+    """A cubic periodic box of ``n_molecules`` copies of ``molecule`` at ``density_g_cm3``.
+
+    Molecules are inserted one at a time at a random centre with a random rotation; a
+    placement whose atoms come closer than ``min_distance`` Å to another molecule's is drawn
+    again (random sequential insertion, as packing tools do). The box is a start for MD, not
+    an equilibrated liquid: run the model at temperature before sampling it.
+
+    Args:
+        molecule: a name known to ``ase.build.molecule`` or an ``ase.Atoms`` molecule
+        n_molecules: number of molecules
+        density_g_cm3: mass density of the box
+        seed: seeds sites, rotations and shifts (the same seed gives the same box)
+        min_distance: the smallest distance allowed between atoms of different molecules (Å)
+    Returns:
+        ``ase.Atoms``, periodic, molecules whole and listed one after another.
+
+    >>> box = molecular_liquid("H2O", 32, density_g_cm3=1.0)
+    >>> len(box), round(float(box.get_masses().sum() / 0.602214 / box.get_volume()), 3)
+    (96, 1.0)
+    """
+    from ase import Atoms
+    from ase.build import molecule as ase_molecule
+    from scipy.spatial.transform import Rotation
+
+    mol = ase_molecule(molecule) if isinstance(molecule, str) else molecule.copy()
+    if n_molecules < 1:
+        raise ValueError(f"n_molecules must be at least 1, got {n_molecules}")
+    if not density_g_cm3 > 0:
+        raise ValueError(f"density_g_cm3 must be positive, got {density_g_cm3}")
+    mass_g = float(mol.get_masses().sum()) * n_molecules / 6.02214076e23
+    length = (mass_g / density_g_cm3 * 1e24) ** (1.0 / 3.0)  # Å
+    body = mol.positions - mol.get_center_of_mass()
+    rng = np.random.default_rng(seed)
+    placed = np.zeros((0, 3))
+    for i in range(n_molecules):
+        for _ in range(max_tries):
+            pos = rng.uniform(0.0, length, 3) + Rotation.random(random_state=rng).apply(body)
+            if len(placed):
+                d = pos[:, None, :] - placed[None, :, :]
+                d -= length * np.round(d / length)
+                if np.sqrt((d ** 2).sum(-1)).min() < min_distance:
+                    continue
+            placed = np.vstack([placed, pos])
+            break
+        else:
+            raise RuntimeError(f"could not place molecule {i + 1} of {n_molecules} {min_distance} Å from the others "
+                               f"after {max_tries} tries in a {length:.2f} Å box; lower the density or min_distance")
+    cell = np.eye(3) * length
+    return Atoms(list(mol.symbols) * n_molecules, positions=placed, cell=cell, pbc=True)

@@ -320,3 +320,47 @@ def test_nearest_defects_do_not_depend_on_the_random_state():
     drawn = {tuple(np.flatnonzero(make_defect(nial, "antisite:Al-Ni", np.random.default_rng(s)).numbers != nial.numbers))
              for s in range(6)}
     assert len(drawn) > 1
+
+
+def test_molecular_liquid_box_has_the_density_and_whole_separate_molecules():
+    from orbdistill.structures import molecular_liquid
+
+    box = molecular_liquid("H2O", 40, density_g_cm3=0.95, seed=3, min_distance=1.8)
+    assert len(box) == 120 and seed_kind(box) == "molecular"
+    density = box.get_masses().sum() / 0.602214076 / box.get_volume()  # amu/Å^3 -> g/cm^3
+    assert density == pytest.approx(0.95, rel=1e-9)
+    whole, mol = whole_molecules(box)
+    assert mol.max() + 1 == 40
+    d = box.get_all_distances(mic=True)
+    same = mol[:, None] == mol[None, :]
+    assert d[~same].min() >= 1.8  # no two molecules closer than asked
+    oh = d[0, 1:3]
+    assert oh == pytest.approx([0.968, 0.968], abs=1e-3)  # the molecule's own geometry (ase.build.molecule)
+    again = molecular_liquid("H2O", 40, density_g_cm3=0.95, seed=3, min_distance=1.8)
+    np.testing.assert_array_equal(box.positions, again.positions)
+    with pytest.raises(RuntimeError, match="could not place"):
+        molecular_liquid("H2O", 40, density_g_cm3=3.0, max_tries=50)
+
+
+def test_heavy_hydrogen_md_keeps_natural_masses_in_the_frames(tmp_path):
+    """The data MD may run with heavy hydrogen (same configurational statistics); the frames
+    it writes carry the natural masses, and the trajectory differs from a natural-mass one."""
+    from ase.io import write
+
+    from orbdistill.data.generate import md_masses
+
+    box = water_box()
+    assert md_masses(box, 2.014)[box.numbers == 1] == pytest.approx(2.014)
+    assert md_masses(box, 2.014)[box.numbers == 8] == pytest.approx(15.999)
+    write(tmp_path / "water.extxyz", box)
+    teacher = load_teacher("emt")
+    out = {}
+    for m in (None, 2.014):
+        cfg = GenerateConfig(seeds=[str(tmp_path / "water.extxyz")], sizes=[len(box)], nvt_temperatures_k=[300.0],
+                             nvt_frames=2, nvt_interval_steps=5, nvt_equilibration_steps=5, timestep_fs=0.5,
+                             coverage=[], hydrogen_mass_amu=m)
+        generate(cfg, teacher, tmp_path / str(m), progress=False)
+        out[m] = read_frames(tmp_path / str(m))
+    assert len(out[None]) == len(out[2.014]) == 2
+    assert all(f.get_masses()[1] == pytest.approx(1.008, abs=1e-3) for f in out[2.014])
+    assert not np.allclose(out[None][-1].positions, out[2.014][-1].positions)

@@ -94,6 +94,40 @@ def test_rdf_of_perfect_fcc_has_twelve_neighbours_at_a_over_sqrt2():
     assert np.sum(4 * np.pi * rr ** 2 * rho * g * dr)[()] == pytest.approx(18.0, rel=0.02)
 
 
+def test_partial_rdfs_of_rock_salt_sum_to_the_total_and_count_shells():
+    from ase.build import bulk
+
+    a = 4.2
+    nacl = bulk("NaCl", "rocksalt", a=a, cubic=True).repeat(3)
+    nacl.rattle(0.02, seed=1)
+    r = mdv.rdf([nacl], r_max=5.0, n_bins=250)
+    rr, g = np.array(r["r"]), np.array(r["g"])
+    assert list(r["partial"]) == ["Na-Na", "Na-Cl", "Cl-Cl"]  # elements in order of first appearance
+    x = {"Na": 0.5, "Cl": 0.5}
+    total = sum(x[p.split("-")[0]] * x[p.split("-")[1]] * (1 if p.split("-")[0] == p.split("-")[1] else 2) * np.array(v["g"])
+                for p, v in r["partial"].items())
+    np.testing.assert_allclose(total, g, atol=1e-12)
+    # first shell: 6 unlike neighbours at a/2, no like ones; second: 12 like ones at a/sqrt(2)
+    cn = {p: np.array(v["coordination"]) for p, v in r["partial"].items()}
+    k1, k2 = np.searchsorted(rr, 0.6 * a), np.searchsorted(rr, 0.8 * a)
+    assert cn["Na-Cl"][k1] == pytest.approx(6.0) and cn["Na-Na"][k1] == 0.0 and cn["Cl-Cl"][k1] == 0.0
+    assert cn["Na-Na"][k2] == pytest.approx(12.0) and cn["Cl-Cl"][k2] == pytest.approx(12.0)
+    assert "partial" not in mdv.rdf([cu(3.6, 2)])  # one element: the total is the only RDF
+
+
+def test_hydrogen_mass_changes_the_dynamics_not_the_stored_frames():
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    h2o = molecule("H2O", vacuum=4.0)
+    h2o.pbc = False
+    runs = {m: mdv.run_nvt(EMT(), h2o, 300.0, steps=20, timestep_fs=0.5, sample_interval=10, progress=False,
+                           hydrogen_mass_amu=m) for m in (None, 2.014)}
+    a, b = runs[None]["frames"][-1], runs[2.014]["frames"][-1]
+    assert not np.allclose(a.positions, b.positions)  # heavier hydrogen moves differently
+    assert b.get_masses()[1] == pytest.approx(1.008, abs=1e-3)  # frames keep natural masses
+
+
 def test_rdf_overlap_is_one_for_equal_structures_and_falls_with_mismatch(rng):
     frames = []
     for k in range(4):
@@ -436,3 +470,22 @@ def test_package_speedup_times_student_and_teacher_on_the_recipe_seed():
     out = package_speedup("cu-sevennet-v2", n_atoms=32, repeats=1, write=False)
     assert out["n_atoms"] == 32 and out["formula"] == "Cu32" and out["teacher"] == "sevennet-0"
     assert out["speedup"] > 3  # SevenNet-0 against its v2 student on Cu32 (about 20-40x measured)
+
+
+def test_validate_reads_a_protocol_file_and_flags_override_it(tmp_path, monkeypatch, capsys):
+    import orbdistill.validation as validation
+    from orbdistill.cli import main
+
+    seen = {}
+    monkeypatch.setattr(validation, "validate", lambda *a, config=None, **k: seen.setdefault("cfg", config) and {})
+    (tmp_path / "protocol.json").write_text(json.dumps({"md_timestep_fs": 1.0, "hydrogen_mass_amu": 2.014,
+                                                        "md_temperatures_k": [300.0], "md_steps": 50}))
+    rc = main(["validate", "--teacher", "emt", "--student", str(V2), "--out", str(tmp_path), "--config",
+               str(tmp_path / "protocol.json"), "--md-steps", "80"])
+    cfg = seen["cfg"]
+    assert rc == 0 and cfg.md_timestep_fs == 1.0 and cfg.hydrogen_mass_amu == 2.014
+    assert cfg.md_temperatures_k == (300.0,) and cfg.md_steps == 80  # the flag wins over the file
+    (tmp_path / "bad.json").write_text(json.dumps({"md_timestep": 1.0}))
+    assert main(["validate", "--teacher", "emt", "--student", str(V2), "--out", str(tmp_path), "--config",
+                 str(tmp_path / "bad.json")]) != 0
+    assert "md_timestep: unknown key" in capsys.readouterr().err

@@ -153,6 +153,8 @@ class GenerateConfig:
     hot_frames: NonNegativeInt = 30
     hot_melt_steps: NonNegativeInt = 150
     hot_timestep_fs: Annotated[float, Field(gt=0, le=20)] = 2.0
+    # MD of the data with hydrogen this heavy (2.014 = deuterium); labels are unaffected
+    hydrogen_mass_amu: Optional[Annotated[float, Field(ge=1.0, le=20.0)]] = None
     volume_scales: List[Annotated[float, Field(gt=0.5, lt=1.5)]] = field(default_factory=lambda: [0.88, 0.92, 1.08, 1.12])
     volume_frames: NonNegativeInt = 8
     reference_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
@@ -272,6 +274,7 @@ def _label(atoms: Atoms, calc, task: dict, teacher_name: str, frame_index: int) 
     """A copy of ``atoms`` holding the teacher's energy, forces and stress."""
     a = atoms.copy()
     a.calc = None
+    a.arrays.pop("masses", None)  # frames keep natural masses whatever the MD ran with
     if atoms.calc is not calc:
         atoms.calc = calc
     energy = float(atoms.get_potential_energy())
@@ -307,9 +310,27 @@ def _init_velocities(atoms, temperature_k, rng):
         ZeroRotation(atoms)
 
 
+def md_masses(atoms: Atoms, hydrogen_mass_amu: Optional[float]) -> np.ndarray:
+    """The masses MD runs with: the natural ones, hydrogen's replaced by ``hydrogen_mass_amu``.
+
+    Classical configurational statistics do not depend on the masses (the Boltzmann
+    weight of a configuration is exp(-E/kT) whatever the momenta), so heavy hydrogen
+    samples the same structures; it slows the O-H/C-H stretches by about sqrt(m/1.008),
+    which lets a 1 fs step stay stable where natural hydrogen needs 0.5 fs (the practice of
+    hydrogen mass repartitioning; Feenstra, Hess and Berendsen, J. Comput. Chem. 20, 786 (1999)).
+    Dynamics (diffusion, vibrational spectra) are those of the heavier isotope.
+    """
+    masses = atoms.get_masses().copy()
+    if hydrogen_mass_amu:
+        masses[atoms.numbers == 1] = hydrogen_mass_amu
+    return masses
+
+
 def _run_md(atoms, calc, task, cfg, teacher_name, rng, npt=False, timestep_fs=None, melt_k=None, melt_steps=0,
             first_index=0):
     atoms.calc = calc
+    if cfg.hydrogen_mass_amu and (atoms.numbers == 1).any():
+        atoms.set_masses(md_masses(atoms, cfg.hydrogen_mass_amu))
     dt = (timestep_fs or cfg.timestep_fs) * units.fs
     if melt_k and melt_steps:
         # melt first: a small crystal superheats far above its melting point in short runs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: int = 0, timestep_fs: float = 2.0,
             sample_interval: int = 10, taut_fs: float = 100.0, seed: int = 0, progress: bool = True,
-            label: str = "") -> dict:
+            label: str = "", hydrogen_mass_amu: Optional[float] = None) -> dict:
     """Bussi NVT run; returns sampled frames (unwrapped positions) and the temperature series.
 
     Args:
@@ -29,6 +29,8 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
         equilibration_steps: steps run first and not sampled
         timestep_fs, taut_fs: timestep and thermostat time constant (fs)
         seed: seeds both the initial velocities and the thermostat
+        hydrogen_mass_amu: run with hydrogen this heavy (same structures, slower dynamics; see
+            :func:`orbdistill.data.generate.md_masses`)
     Returns:
         ``frames`` (list of ase.Atoms without calculator, positions unwrapped),
         ``time_ps`` [F], ``temperature_k`` [F], ``potential_ev`` [F], ``seconds``, ``failed``.
@@ -40,6 +42,10 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
 
     atoms = atoms.copy()
     atoms.calc = calc
+    if hydrogen_mass_amu and (atoms.numbers == 1).any():
+        from orbdistill.data.generate import md_masses
+
+        atoms.set_masses(md_masses(atoms, hydrogen_mass_amu))
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
     Stationary(atoms)
@@ -63,6 +69,7 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
                 bar.update(sample_interval)
             snap = atoms.copy()
             snap.calc = None
+            snap.arrays.pop("masses", None)
             frames.append(snap)
             times.append(k * timestep_fs / 1000.0)
             temps.append(float(atoms.get_temperature()))
@@ -81,37 +88,66 @@ def run_nvt(calc, atoms, temperature_k: float, steps: int, equilibration_steps: 
 
 
 def rdf(frames: Sequence, r_max: float = 6.0, n_bins: int = 120) -> dict:
-    """Total radial distribution function g(r) averaged over frames.
+    """Total and partial (per element pair) radial distribution functions, averaged over frames.
 
-    g(r) = V / (N (N - 1)) * <number of ordered pairs at distance r> / (4 pi r^2 dr), with
-    periodic images counted (any ``r_max`` is allowed, also larger than half the cell).
-    For structures without volume, g(r) is replaced by the normalised pair-distance density.
+    With ``n_ab(r)`` the number of ordered pairs (i of element a, j of element b) in the shell
+    at r, averaged over frames, and ``V`` the mean volume:
 
-    Returns: ``r`` [n_bins] bin centres (Å), ``g`` [n_bins], ``coordination`` [n_bins]
-    (running coordination number), ``r_max``.
+    * g(r) = V n(r) / (N^2 4 pi r^2 dr) (all pairs);
+    * g_ab(r) = V n_ab(r) / (N_a N_b 4 pi r^2 dr), so that g = sum_ab x_a x_b g_ab with
+      x_a = N_a / N; g_ab = g_ba, and each unordered pair of elements is reported once, in the
+      order the elements first appear (water: O-O, O-H, H-H).
+
+    Periodic images are counted (any ``r_max`` is allowed, also larger than half the cell). For
+    structures without volume, g is replaced by the normalised pair-distance density.
+
+    Returns: ``r`` [n_bins] bin centres (Å), ``g`` [n_bins], ``coordination`` [n_bins] (running
+    coordination number), ``r_max``, and for structures of more than one element ``partial``:
+    ``{"A-B": {"g": [n_bins], "coordination": [n_bins]}}`` (running number of B atoms around an A).
     """
     from orbdistill.graph import neighbour_list
 
     if not frames:
         raise ValueError("rdf needs at least one frame")
     edges = np.linspace(0.0, r_max, n_bins + 1)
+    numbers = np.asarray(frames[0].numbers)
+    n = len(numbers)
+    order = list(dict.fromkeys(numbers.tolist()))  # elements in order of first appearance
+    pairs = [(za, zb) for k, za in enumerate(order) for zb in order[k:]] if len(order) > 1 else []
     hist = np.zeros(n_bins)
-    n = len(frames[0])
+    hist_ab = {pair: np.zeros(n_bins) for pair in pairs}
     vol = []
     for at in frames:
-        _, _, _, d = neighbour_list(at.positions, at.cell.array, at.pbc, r_max)
+        if len(at) != n or (np.asarray(at.numbers) != numbers).any():
+            raise ValueError("rdf needs frames of the same atoms in the same order")
+        i, j, _, d = neighbour_list(at.positions, at.cell.array, at.pbc, r_max)
         hist += np.histogram(d, bins=edges)[0]
+        zi, zj = numbers[np.asarray(i)], numbers[np.asarray(j)]
+        for za, zb in pairs:
+            hist_ab[(za, zb)] += np.histogram(d[(zi == za) & (zj == zb)], bins=edges)[0]
         vol.append(abs(at.cell.volume) if all(at.pbc) else 0.0)
     hist /= len(frames)
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     r = 0.5 * (edges[1:] + edges[:-1])
-    if all(v > 0 for v in vol):
-        rho = n / float(np.mean(vol))
-        g = hist / (n * rho * shell)
-    else:
-        g = hist / max(hist.sum(), 1) / (edges[1] - edges[0])
-    coordination = np.cumsum(hist) / n
-    return {"r": r.tolist(), "g": g.tolist(), "coordination": coordination.tolist(), "r_max": r_max}
+    periodic = all(v > 0 for v in vol)
+
+    def density(h, n_a, n_b):
+        if periodic:
+            return h * float(np.mean(vol)) / (n_a * n_b * shell)
+        return h / max(h.sum(), 1) / (edges[1] - edges[0])
+
+    from ase.data import chemical_symbols
+
+    out = {"r": r.tolist(), "g": density(hist, n, n).tolist(), "coordination": (np.cumsum(hist) / n).tolist(),
+           "r_max": r_max}
+    if pairs:
+        counts = {z: int((numbers == z).sum()) for z in order}
+        out["partial"] = {}
+        for (za, zb), h in hist_ab.items():
+            h = h / len(frames)
+            out["partial"][f"{chemical_symbols[za]}-{chemical_symbols[zb]}"] = {
+                "g": density(h, counts[za], counts[zb]).tolist(), "coordination": (np.cumsum(h) / counts[za]).tolist()}
+    return out
 
 
 def rdf_overlap(g_a: Sequence[float], g_b: Sequence[float]) -> float:

@@ -132,6 +132,31 @@ def plot_rdf(summary: dict, path) -> None:
     _plot_per_temperature(summary, path, "rdf", "r", "g", "r (Å)", "g(r)", overlap=True)
 
 
+def plot_rdf_pairs(summary: dict, path) -> bool:
+    """Partial RDFs: one row per NVT temperature, one panel per element pair, one curve per
+    model. False (nothing drawn) for a one-element system."""
+    temps = [t for t in summary["md"] if any((e.get("rdf") or {}).get("partial") for e in summary["md"][t]["models"].values())]
+    if not temps:
+        return False
+    plt = _plt()
+    pairs = list(next(e["rdf"]["partial"] for e in summary["md"][temps[0]]["models"].values() if (e.get("rdf") or {}).get("partial")))
+    fig, axes = plt.subplots(len(temps), len(pairs), figsize=(4.5 * len(pairs), 3.6 * len(temps)), squeeze=False)
+    for row, t in zip(axes, temps):
+        for ax, pair in zip(row, pairs):
+            for name, e in summary["md"][t]["models"].items():
+                part = (e.get("rdf") or {}).get("partial", {}).get(pair)
+                if part:
+                    ov = e.get("rdf_overlap_partial", {}).get(pair)
+                    ax.plot(e["rdf"]["r"], part["g"], lw=1.0, label=name + (f" (overlap {ov:.3f})" if ov is not None else ""))
+            ax.set_xlabel("r (Å)")
+            ax.set_ylabel(f"g$_{{{pair}}}$(r)")
+            ax.set_title(f"{pair}, NVT {t}", fontsize=10)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
 def plot_msd(summary: dict, path) -> None:
     _plot_per_temperature(summary, path, "msd", "time_ps", "msd_a2", "time (ps)", "MSD (Å²)", overlap=False)
 
@@ -285,7 +310,19 @@ def write_report(summary: dict, out) -> dict:
         plot_rdf(summary, out / "rdf.png")
         plot_msd(summary, out / "msd.png")
         plots.update({"rdf": "rdf.png", "msd": "msd.png"})
-        md += ["![RDF](rdf.png)", "", "![MSD](msd.png)", ""]
+        md += ["![RDF](rdf.png)", ""]
+        pair_rows = [[key, name] + [_fmt(v, ".4f") for v in e["rdf_overlap_partial"].values()]
+                     for key, entry in summary["md"].items() for name, e in entry["models"].items() if e.get("rdf_overlap_partial")]
+        if pair_rows and plot_rdf_pairs(summary, out / "rdf_pairs.png"):
+            pairs = next(list(e["rdf_overlap_partial"]) for entry in summary["md"].values()
+                         for e in entry["models"].values() if e.get("rdf_overlap_partial"))
+            plots["rdf_pairs"] = "rdf_pairs.png"
+            md += ["Partial RDFs g_ab(r) (V n_ab / (N_a N_b 4πr² dr); the total is Σ x_a x_b g_ab), overlap with the teacher's:", "",
+                   _table(["T", "model"] + pairs, pair_rows), "", "![partial RDFs](rdf_pairs.png)", ""]
+        if cfg.get("hydrogen_mass_amu"):
+            md += [f"These runs give hydrogen a mass of {cfg['hydrogen_mass_amu']:g} amu: structures (RDFs) are those of "
+                   "natural masses, dynamics (MSD) are those of the heavier isotope, for teacher and student alike.", ""]
+        md += ["![MSD](msd.png)", ""]
         if plot_parity(summary, out / "parity.png"):
             plots["parity"] = "parity.png"
             md += ["![parity](parity.png)", ""]
