@@ -416,3 +416,23 @@ def test_coverage_protocols_bring_surfaces_and_clusters_into_the_domain(tmp_path
         # the issue's target: surface and cluster errors within 2x of the bulk error
         assert errors["cov", name] < 2e-3 * groups["bulk"]["force_mae_mev_a"], (name, errors, groups["bulk"])
         assert flagged["bulk", name] and not flagged["cov", name], (name, flagged)
+
+
+def test_every_element_reference_phase_reaches_training():
+    """Reference-phase trajectories are spread per element: with two per element, each
+    element has one in training, whatever the shuffle (a per-protocol cut could put both Al
+    trajectories in training and both Ni ones in the held-out splits)."""
+    for seed in range(6):
+        frames = synthetic_frames([("nvt", 6, 10)])
+        for element in ("Ni", "Al"):
+            for t in range(2):
+                for _ in range(10):
+                    from ase import Atoms
+
+                    a = Atoms(element)
+                    a.info.update(traj_id=f"reference-{element}-{t}", protocol="reference", element=element)
+                    frames.append(a)
+        split = split_by_trajectory(frames, (0.8, 0.1, 0.1), seed=seed, method="stratified")
+        for element in ("Ni", "Al"):
+            n = [len({f.info["traj_id"] for f in part if f.info.get("element") == element}) for part in split]
+            assert n[0] == 1 and sum(n) == 2, (seed, element, n)

@@ -119,6 +119,8 @@ def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int =
       the protocol has enough; a protocol with fewer trajectories gives its first to
       training and its second to the held-out split with fewer trajectories so far. Adding
       trajectories to a protocol that has enough leaves the others' assignment unchanged.
+      Trajectories that name an ``element`` (the ``reference`` protocol: one element's own
+      crystal) are spread per element, so that every element's phase is trained on.
     * ``"greedy"`` (packages made before the stratified split): each trajectory goes to the
       split furthest below its share of *all* frames. Protocols of short trajectories can
       end up mostly in one split (4 of 8 volume scans in validation, say); kept so that
@@ -137,6 +139,14 @@ def split_by_trajectory(frames: Sequence, fractions=(0.8, 0.1, 0.1), seed: int =
     for tid in sorted(groups):
         by_protocol.setdefault(str(groups[tid][0].info.get("protocol", "?")), []).append(tid)
     if method == "stratified":
+        # frames of one element's reference phase form their own stratum, so that each
+        # element's phase reaches training (a compound's element energies are fixed only
+        # with every element's phase in training)
+        by_protocol = {}
+        for tid in sorted(groups):
+            info = groups[tid][0].info
+            key = str(info.get("protocol", "?")) + (f":{info['element']}" if "element" in info else "")
+            by_protocol.setdefault(key, []).append(tid)
         assign = _stratified(by_protocol, fractions, seed)
         out = tuple([f for tid in assign[k] for f in groups[tid]] for k in range(3))
         if not out[0]:
