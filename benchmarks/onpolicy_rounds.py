@@ -34,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_config(teacher: str, work: Path, rounds: int) -> dict:
+def start_config(teacher: str, work: Path, rounds: int, facets=((1, 1, 1),), cluster_sizes=(38,),
+                 audit_frames: int = 0) -> dict:
     cfg = json.loads((ROOT / "workflows" / "quickstart_cu_sevennet.json").read_text())
     cfg["name"] = f"cu-{teacher}-onpolicy"
     cfg["teacher"] = {"name": teacher}
@@ -42,7 +43,9 @@ def start_config(teacher: str, work: Path, rounds: int) -> dict:
     g["seeds"] = [str(ROOT / "data" / "structures" / "Cu_fcc.cif")]
     g["coverage"] = []  # bulk only: the deliberately small start
     cfg["onpolicy"] = {"rounds": rounds, "temperatures_k": [300.0, 900.0], "steps": 400, "sample_interval": 10,
-                       "max_new_frames": 120, "epochs": 15, "lr": 1e-3}
+                       "max_new_frames": 120, "epochs": 15, "lr": 1e-3,
+                       "surface_millers": [list(f) for f in facets], "cluster_sizes": list(cluster_sizes),
+                       "audit_frames": audit_frames}
     cfg["work_dir"], cfg["package_dir"] = str(work), str(work / "package")
     return cfg
 
@@ -132,6 +135,12 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--work", default=None, help="work folder (default runs/onpolicy-<teacher>)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--facets", type=int, nargs="+", default=[1, 1, 1], metavar="H K L",
+                   help="slab starts of the rounds, three integers per facet (default 1 1 1)")
+    p.add_argument("--cluster-sizes", type=int, nargs="+", default=[38], help="cluster starts of the rounds (38)")
+    p.add_argument("--audit-frames", type=int, default=0,
+                   help="teacher-checked frames per run the signal left alone (onpolicy.audit_frames; 0)")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. _all-starts")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     import torch
@@ -142,7 +151,10 @@ def main(argv=None):
     from orbdistill.packages import read_card
 
     work = Path(args.work or ROOT / "runs" / f"onpolicy-{args.teacher}")
-    cfg = start_config(args.teacher, work, args.rounds)
+    if len(args.facets) % 3:
+        p.error("--facets takes three integers per facet")
+    facets = [tuple(args.facets[i:i + 3]) for i in range(0, len(args.facets), 3)]
+    cfg = start_config(args.teacher, work, args.rounds, facets, args.cluster_sizes, args.audit_frames)
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "onpolicy_benchmark.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
@@ -184,12 +196,12 @@ def main(argv=None):
                                            if nxt and nxt.get("new_frame_errors_before") else None),
                      "checks": checks(runs, pe, bulk)})
         print(f"{name}: {rows[-1]['checks']}")
-    result = {"teacher": args.teacher, "threads": args.threads, "rounds_run": len(state["rounds"]),
+    result = {"teacher": args.teacher, "threads": args.threads, "onpolicy": cfg["onpolicy"], "rounds_run": len(state["rounds"]),
               "converged": bool(state.get("converged")), "seconds_distill": t_distill, "seconds_rounds": t_rounds,
               "students": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"onpolicy_rounds_{args.teacher}"
+    stem = out / f"onpolicy_rounds_{args.teacher}{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and .png")

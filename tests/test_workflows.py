@@ -112,3 +112,27 @@ def test_nial_l3i5_recipe_labels_the_frames_sevennet0_samples(tmp_path):
     frames = read_frames(tmp_path / "run" / "data")
     assert len(frames) == 4 and all(f.info["teacher"] == "sevennet-l3i5" and f.info["sampler"] == "sevennet-0"
                                     for f in frames)
+
+
+def test_water_chgnet_recipe_is_valid_and_runs(tmp_path):
+    """The molecular-liquid recipe: a box of whole water molecules, MD with heavy hydrogen,
+    a liquid-vapour interface instead of facets and clusters of whole molecules."""
+    from ase.io import read
+
+    from orbdistill.data.generate import read_frames
+
+    cfg = load_config(WF / "distill_water_chgnet.json")
+    seed = read(cfg["generate"]["seeds"][0])
+    assert cfg["teacher"]["name"] == "chgnet" and seed.get_chemical_formula() == "H64O32"
+    assert cfg["generate"]["hydrogen_mass_amu"] == pytest.approx(2.014)
+    cfg = shrink(cfg, tmp_path)
+    cfg["generate"].update(nvt_interval_steps=1, cluster_sizes=[9])
+    summary = distill(cfg, progress=False, log_fn=None)
+    card = json.loads((tmp_path / "pkg" / "card.json").read_text())
+    assert card["teacher"]["name"] == "chgnet" and sorted(card["atomic_numbers"]) == [1, 8]
+    frames = read_frames(tmp_path / "run" / "data")
+    # NVT 2 x 3, strain 4, a liquid-vapour interface MD 2, three molecules: start + 1 relaxation step + 2 MD
+    assert summary["data"]["n_frames"] == len(frames) == 2 * 3 + 4 + 2 + (1 + 1 + 2)
+    assert {f.info["facet"] for f in frames if f.info["protocol"] == "surface"} == {"liquid-vapour"}
+    assert all(f.get_chemical_formula() == "H6O3" for f in frames if f.info["protocol"] == "cluster")
+    assert all(abs(f.get_masses()[f.numbers == 1] - 1.008).max() < 1e-3 for f in frames)
