@@ -489,3 +489,28 @@ def test_validate_reads_a_protocol_file_and_flags_override_it(tmp_path, monkeypa
     assert main(["validate", "--teacher", "emt", "--student", str(V2), "--out", str(tmp_path), "--config",
                  str(tmp_path / "bad.json")]) != 0
     assert "md_timestep: unknown key" in capsys.readouterr().err
+
+
+def test_the_water_protocol_compares_partial_rdfs_with_heavy_hydrogen(tmp_path):
+    """workflows/validate_water.json at small size (EMT stands in for the teacher): no
+    crystal sections, NVT with heavy hydrogen, O-O, O-H and H-H RDFs each with an overlap
+    and a target row, and a partial-RDF plot."""
+    from ase.io import read
+
+    protocol = json.loads((ROOT / "workflows" / "validate_water.json").read_text())
+    protocol.update(min_atoms=96, nve_steps=20, teacher_nve_steps=10, throughput_sizes=[96], throughput_repeats=1,
+                    backends=["torch"], md_temperatures_k=[300.0], md_equilibration_steps=5, md_steps=20,
+                    md_sample_interval=5, parity_frames=2, relax_steps=2, memory_probe=False, include_emt=False,
+                    progress=False)
+    cfg = ValidateConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in protocol.items()})
+    assert cfg.hydrogen_mass_amu == pytest.approx(2.014) and "relax" not in cfg.sections
+    box = read(ROOT / "data" / "structures" / "H2O_liquid_32.extxyz")
+    s = validate("emt", [str(ROOT / "calculators" / "water-chgnet-v2")], out=tmp_path, structure=box, config=cfg,
+                 threads=1)
+    assert not {"eos", "elastic", "phonons", "surface", "defect"} & set(s)
+    e = s["md"]["300K"]["models"]["water-chgnet-v2"]
+    assert list(e["rdf"]["partial"]) == ["O-O", "O-H", "H-H"] and set(e["rdf_overlap_partial"]) == {"O-O", "O-H", "H-H"}
+    assert all(0.0 <= v <= 1.0 for v in e["rdf_overlap_partial"].values())
+    targets = {r["target"] for r in s["targets"]}
+    assert {f"RDF overlap > 0.95 ({p}, 300K)" for p in ("O-O", "O-H", "H-H")} <= targets
+    assert (tmp_path / "rdf_pairs.png").exists() and "2.014 amu" in (tmp_path / "report.md").read_text()
