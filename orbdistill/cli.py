@@ -160,13 +160,9 @@ def cmd_validate(args) -> int:
     _threads(args.threads)
     over = {}
     if args.config:
-        try:
-            over = json.loads(open(args.config).read())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"--config {args.config}: {exc}")
-        if not isinstance(over, dict):
-            raise SystemExit(f"--config {args.config}: expected a JSON object of validate settings")
-        over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
+        from orbdistill.distill_config import read_config_file
+
+        over = {k: tuple(v) if isinstance(v, list) else v for k, v in read_config_file(args.config).items()}
     for key in ("nve_steps", "teacher_nve_steps", "min_atoms", "md_steps", "relax_starts"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
@@ -306,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--structure", default=None, help="structure file; default: the elemental reference crystal")
     v.add_argument("--out", required=True, help="output folder for report.md, report.json and plots")
     v.add_argument("--quick", action="store_true", help="reduced protocol (a few minutes on 2 cores)")
-    v.add_argument("--config", default=None, help="JSON file of protocol settings (ValidateConfig fields, e.g. "
+    v.add_argument("--config", default=None, help="JSON, YAML or TOML file of protocol settings (ValidateConfig fields, e.g. "
                    "md_timestep_fs, hydrogen_mass_amu); the options below override it")
     v.add_argument("--sections", nargs="+", default=None, help="run only these sections")
     v.add_argument("--skip", nargs="+", default=[], help="skip these sections")

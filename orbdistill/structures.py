@@ -95,7 +95,7 @@ def molecular_liquid(molecule="H2O", n_molecules: int = 64, density_g_cm3: float
         molecule: a name known to ``ase.build.molecule`` or an ``ase.Atoms`` molecule
         n_molecules: number of molecules
         density_g_cm3: mass density of the box
-        seed: seeds sites, rotations and shifts (the same seed gives the same box)
+        seed: seeds the centres and rotations (the same seed gives the same box)
         min_distance: the smallest distance allowed between atoms of different molecules (Å)
     Returns:
         ``ase.Atoms``, periodic, molecules whole and listed one after another.
@@ -108,7 +108,14 @@ def molecular_liquid(molecule="H2O", n_molecules: int = 64, density_g_cm3: float
     from ase.build import molecule as ase_molecule
     from scipy.spatial.transform import Rotation
 
-    mol = ase_molecule(molecule) if isinstance(molecule, str) else molecule.copy()
+    if isinstance(molecule, str):
+        try:
+            mol = ase_molecule(molecule)
+        except KeyError:
+            raise ValueError(f"unknown molecule {molecule!r}: give a name of ase.build.molecule's G2 set "
+                             f"(e.g. 'H2O', 'CH3OH', 'CO2') or an ase.Atoms molecule") from None
+    else:
+        mol = molecule.copy()
     if n_molecules < 1:
         raise ValueError(f"n_molecules must be at least 1, got {n_molecules}")
     if not density_g_cm3 > 0:

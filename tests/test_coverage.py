@@ -340,6 +340,8 @@ def test_molecular_liquid_box_has_the_density_and_whole_separate_molecules():
     np.testing.assert_array_equal(box.positions, again.positions)
     with pytest.raises(RuntimeError, match="could not place"):
         molecular_liquid("H2O", 40, density_g_cm3=3.0, max_tries=50)
+    with pytest.raises(ValueError, match="unknown molecule 'H20'"):
+        molecular_liquid("H20", 10)
 
 
 def test_heavy_hydrogen_md_keeps_natural_masses_in_the_frames(tmp_path):

@@ -315,7 +315,7 @@ def md_masses(atoms: Atoms, hydrogen_mass_amu: Optional[float]) -> np.ndarray:
 
     Classical configurational statistics do not depend on the masses (the Boltzmann
     weight of a configuration is exp(-E/kT) whatever the momenta), so heavy hydrogen
-    samples the same structures; it slows the O-H/C-H stretches by about sqrt(m/1.008),
+    samples the same structures; it slows the O-H/C-H stretches (by 1.37x for O-D against O-H),
     which lets a 1 fs step stay stable where natural hydrogen needs 0.5 fs (the practice of
     hydrogen mass repartitioning; Feenstra, Hess and Berendsen, J. Comput. Chem. 20, 786 (1999)).
     Dynamics (diffusion, vibrational spectra) are those of the heavier isotope.
