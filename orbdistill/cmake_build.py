@@ -36,6 +36,24 @@ def source_hash(folders: Iterable[Path]) -> str:
     return h.hexdigest()[:12]
 
 
+def cpu_fingerprint() -> str:
+    """A short hash of this CPU's instruction sets (``flags`` in ``/proc/cpuinfo``; the
+    machine name elsewhere). Builds tuned with ``-march=native`` are keyed by it: a cache in
+    a home folder shared by nodes of different CPUs (an AVX-512 login node, AVX2 compute
+    nodes) would otherwise hand a node code it cannot execute (illegal instruction)."""
+    import platform
+
+    text = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                text += " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def cmake_exe() -> str:
     exe = shutil.which("cmake")
     if exe is None:

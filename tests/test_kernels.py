@@ -305,3 +305,31 @@ def test_a_force_loss_on_a_model_a_calculator_froze_runs_eagerly():
     ref = model.predict(g)  # kernels, inference
     torch.testing.assert_close(out["forces"].detach(), ref["forces"], atol=1e-10, rtol=0)
     assert model._fused
+
+
+def test_the_kernel_cache_is_keyed_by_the_cpu_instruction_sets(monkeypatch, tmp_path):
+    """-march=native code from one CPU must not be loaded on another that lacks its
+    instructions: the build folder changes with the CPU's flags."""
+    from pathlib import Path
+
+    import orbdistill.cmake_build as cb
+    from orbdistill.kernels import default_build_dir
+
+    monkeypatch.setenv("ORBDISTILL_CACHE", str(tmp_path))
+    here = default_build_dir()
+    assert here.parent == tmp_path / "kernels" and f"-cpu{cb.cpu_fingerprint()}" in here.name
+
+    real_read = Path.read_text
+
+    def fake_cpuinfo(self, *args, **kwargs):
+        if str(self) == "/proc/cpuinfo":
+            return "processor : 0\nflags : fpu sse2 avx avx2 avx512f avx512bw\n"
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", fake_cpuinfo)
+    with_avx512 = default_build_dir()
+    assert with_avx512 != here or "avx512f" in real_read(Path("/proc/cpuinfo"))
+    # the flags' order does not matter, their set does
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags : avx512bw avx512f avx2 avx sse2 fpu\n"
+                        if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k))
+    assert default_build_dir() == with_avx512

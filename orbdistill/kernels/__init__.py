@@ -32,7 +32,7 @@ from typing import Tuple
 
 import torch
 
-from ..cmake_build import BuildToolMissing, cache_root, cmake_build, source_hash
+from ..cmake_build import BuildToolMissing, cache_root, cmake_build, cpu_fingerprint, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ class KernelsNotAvailable(RuntimeError):
 
 
 def default_build_dir() -> Path:
-    """``$ORBDISTILL_CACHE/kernels/<source hash>-torch<version>``: a new torch gets its own build."""
-    return cache_root() / "kernels" / f"{source_hash([SOURCE_DIR])}-torch{torch.__version__}"
+    """``$ORBDISTILL_CACHE/kernels/<source hash>-torch<version>-cpu<ISA hash>``: a new torch, or
+    a CPU with other instruction sets (the build is tuned with ``-march=native``), gets its own."""
+    return cache_root() / "kernels" / f"{source_hash([SOURCE_DIR])}-torch{torch.__version__}-cpu{cpu_fingerprint()}"
 
 
 def kernels_path(build_dir=None) -> Path:
