@@ -48,6 +48,7 @@ def main(argv=None) -> dict:
     from ase.io import read
 
     from orbdistill import StudentCalculator
+    from orbdistill.structures import supercell
     from orbdistill.validation import md as mdv
 
     torch.set_num_threads(args.threads)
@@ -55,11 +56,14 @@ def main(argv=None) -> dict:
     summary = json.loads((report / "report.json").read_text())
     cfg = summary["config"]
     teacher = summary["teacher"] if isinstance(summary["teacher"], str) else summary["teacher"]["name"]
-    start_file = report / f"relaxed_{teacher}.extxyz"
-    start = read(start_file) if start_file.exists() else None
+    # the report's MD system: the teacher-relaxed structure (or the input, for protocols
+    # without a relax section) repeated as validate does
     n_target = summary["md_system"]["n_atoms"]
+    start_file = report / f"relaxed_{teacher}.extxyz"
+    start = supercell(read(start_file), cfg["min_atoms"]) if start_file.exists() else None
     if start is None or len(start) != n_target:
-        raise SystemExit(f"{report}: the MD start ({n_target} atoms) is not in the folder")
+        raise SystemExit(f"{report}: the MD system ({n_target} atoms, {summary['md_system']['from']}) cannot be "
+                         f"rebuilt from {start_file.name}")
     calc = StudentCalculator.from_package(args.package, on_extrapolation="ignore")
     name = Path(args.package).name
     failures = []
@@ -87,10 +91,7 @@ def main(argv=None) -> dict:
         g = mdv.rdf(r["frames"], cfg["rdf_r_max"], cfg["rdf_bins"])
         return g, time.perf_counter() - t0
 
-    def overlaps(a, b):
-        out = {"total": mdv.rdf_overlap(a["g"], b["g"])}
-        out.update({p: mdv.rdf_overlap(a["partial"][p]["g"], b["partial"][p]["g"]) for p in a.get("partial", {})})
-        return out
+    overlaps = mdv.rdf_overlaps
 
     results = {"package": name, "report": str(report), "n_atoms": len(start), "threads": args.threads,
                "machine": platform.processor() or platform.machine(), "protocol": {

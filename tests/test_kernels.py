@@ -321,15 +321,13 @@ def test_the_kernel_cache_is_keyed_by_the_cpu_instruction_sets(monkeypatch, tmp_
 
     real_read = Path.read_text
 
-    def fake_cpuinfo(self, *args, **kwargs):
-        if str(self) == "/proc/cpuinfo":
-            return "processor : 0\nflags : fpu sse2 avx avx2 avx512f avx512bw\n"
-        return real_read(self, *args, **kwargs)
+    def build_dir_on(flags: str):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"processor : 0\nflags : {flags}\n"
+                            if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k))
+        return default_build_dir()
 
-    monkeypatch.setattr(Path, "read_text", fake_cpuinfo)
-    with_avx512 = default_build_dir()
-    assert with_avx512 != here or "avx512f" in real_read(Path("/proc/cpuinfo"))
+    avx512 = build_dir_on("fpu sse2 avx avx2 avx512f avx512bw")
+    avx2 = build_dir_on("fpu sse2 avx avx2")
+    assert avx512 != avx2 and avx512.parent == avx2.parent
     # the flags' order does not matter, their set does
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags : avx512bw avx512f avx2 avx sse2 fpu\n"
-                        if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k))
-    assert default_build_dir() == with_avx512
+    assert build_dir_on("avx512bw avx512f avx2 avx sse2 fpu") == avx512

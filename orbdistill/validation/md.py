@@ -164,6 +164,16 @@ def rdf_overlap(g_a: Sequence[float], g_b: Sequence[float]) -> float:
     return float(np.minimum(a, b).sum() / den) if den > 0 else 1.0
 
 
+def rdf_overlaps(a: dict, b: dict) -> dict:
+    """Overlaps of two :func:`rdf` results on the same grid: ``{"total": ..., "A-B": ...}``,
+    one entry for every element pair both have."""
+    out = {"total": rdf_overlap(a["g"], b["g"])}
+    for pair, v in a.get("partial", {}).items():
+        if pair in b.get("partial", {}):
+            out[pair] = rdf_overlap(v["g"], b["partial"][pair]["g"])
+    return out
+
+
 def msd(frames: Sequence, time_ps: Sequence[float]) -> dict:
     """Mean-square displacement (Å^2) from unwrapped positions, centre-of-mass drift removed.
 

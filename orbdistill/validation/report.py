@@ -324,16 +324,21 @@ def write_report(summary: dict, out) -> dict:
             for name, e in entry["models"].items():
                 if "rdf_overlap_replica" in e:
                     rep = e.get("rdf_overlap_replica_partial", {})
-                    rep_rows.append([key, name, "total", _fmt(e["rdf_overlap"], ".4f"), _fmt(e["rdf_overlap_replica"], ".4f")])
-                    rep_rows += [[key, name, pair, _fmt(e.get("rdf_overlap_partial", {}).get(pair), ".4f"), _fmt(v, ".4f")]
-                                 for pair, v in rep.items()]
+                    indep = e.get("rdf_overlap_replica_teacher_partial", {})
+                    rep_rows.append([key, name, "total", _fmt(e["rdf_overlap"], ".4f"),
+                                     _fmt(e.get("rdf_overlap_replica_teacher"), ".4f"), _fmt(e["rdf_overlap_replica"], ".4f")])
+                    rep_rows += [[key, name, pair, _fmt(e.get("rdf_overlap_partial", {}).get(pair), ".4f"),
+                                  _fmt(indep.get(pair), ".4f"), _fmt(v, ".4f")] for pair, v in rep.items()]
                 elif e.get("replica_failed"):
-                    rep_rows.append([key, name, "-", _fmt(e.get("rdf_overlap"), ".4f"), f"replica failed: {e['replica_failed']}"])
+                    rep_rows.append([key, name, "-", _fmt(e.get("rdf_overlap"), ".4f"), "-",
+                                     f"replica failed: {e['replica_failed']}"])
         if rep_rows:
-            md += ["Sampling noise: each student ran the same protocol again from another seed. Its two RDFs overlap by "
-                   "chance only as much as the last column says; a gap to the teacher no larger than that cannot be "
-                   "told from noise at this run length (run longer to resolve it).", "",
-                   _table(["T", "model", "pair", "overlap with the teacher", "overlap of two student runs"], rep_rows), ""]
+            md += ["Sampling noise: each student ran the same protocol again from the next seed. The teacher's run and "
+                   "the student's first share a seed, which keeps short runs correlated; the second seed's run against "
+                   "the teacher, and against the student's first run, are pairs of independent runs. When those two "
+                   "columns agree, the gap to the teacher cannot be told from noise at this run length (run longer).", "",
+                   _table(["T", "model", "pair", "with the teacher (same seed)", "with the teacher (other seed)",
+                           "two student runs (other seeds)"], rep_rows), ""]
         if cfg.get("hydrogen_mass_amu"):
             md += [f"These runs give hydrogen a mass of {cfg['hydrogen_mass_amu']:g} amu: structures (RDFs) are those of "
                    "natural masses, dynamics (MSD) are those of the heavier isotope, for teacher and student alike.", ""]

@@ -366,13 +366,13 @@ def _section_md(run: ValidationRun) -> None:
                      "mean_potential_ev_atom": float(np.mean(r["potential_ev"]) / len(system)) if r["potential_ev"] else None,
                      "failed": r["failed"], "seconds": r["seconds"], "rdf": rdfs.get(m.name), "msd": msds.get(m.name)}
                 if m.role != "teacher" and m.name in rdfs:
-                    e["rdf_overlap"] = mdv.rdf_overlap(rdfs[tname]["g"], rdfs[m.name]["g"])
-                    if "partial" in rdfs[m.name]:
-                        e["rdf_overlap_partial"] = {pair: mdv.rdf_overlap(rdfs[tname]["partial"][pair]["g"], v["g"])
-                                                    for pair, v in rdfs[m.name]["partial"].items()}
+                    overlaps = mdv.rdf_overlaps(rdfs[tname], rdfs[m.name])
+                    e["rdf_overlap"] = overlaps.pop("total")
+                    if overlaps:
+                        e["rdf_overlap_partial"] = overlaps
                     e["msd_final_ratio"] = float(msds[m.name]["msd_a2"][-1] / max(msds[tname]["msd_a2"][-1], 1e-12))
                     if cfg.md_replica:
-                        e.update(_replica_overlaps(m, system, T, cfg, rdfs[m.name]))
+                        e.update(_replica_overlaps(m, system, T, cfg, rdfs[m.name], rdfs[tname]))
                     e["parity_on_teacher_frames"] = _guarded(mdv.parity_on_frames, run.teacher.calc, m.calc, teacher_frames)
                 entry["models"][m.name] = e
             md[f"{T:g}K"] = entry
@@ -380,12 +380,19 @@ def _section_md(run: ValidationRun) -> None:
             run.save()
 
 
-def _replica_overlaps(model: Model, system, temperature_k: float, cfg: ValidateConfig, rdf_first: dict) -> dict:
+def _replica_overlaps(model: Model, system, temperature_k: float, cfg: ValidateConfig, rdf_first: dict,
+                      rdf_teacher: dict) -> dict:
     """The sampling noise of the RDF overlap at this run length: the student runs the same
     protocol again from another seed (velocities and thermostat), and its two RDFs are
     compared like a student's with its teacher's. Two runs of one model differ only by
     chance, so a student-teacher overlap near this one cannot be told from sampling noise,
-    and a target missed by no more than it says the runs are too short, not the model off."""
+    and a target missed by no more than it says the runs are too short, not the model off.
+
+    The main runs of teacher and student share their seed, so over short runs their
+    trajectories stay correlated and their overlap is higher than chance allows two
+    independent runs (seen: 0.964 against 0.91-0.92 for other seeds, MgO, 160 steps). The
+    noise test therefore compares like with like: this replica against the teacher (other
+    seeds) and against the student's first run (other seeds)."""
     from . import md as mdv
 
     r = mdv.run_nvt(model.calc, system, temperature_k, cfg.md_steps, cfg.md_equilibration_steps, cfg.md_timestep_fs,
@@ -394,11 +401,12 @@ def _replica_overlaps(model: Model, system, temperature_k: float, cfg: ValidateC
     if not r["frames"] or r["failed"]:
         return {"replica_failed": r["failed"] or "no frames"}
     g = mdv.rdf(r["frames"], cfg.rdf_r_max, cfg.rdf_bins)
-    out = {"replica_seed": cfg.seed + 1, "replica_seconds": r["seconds"],
-           "rdf_overlap_replica": mdv.rdf_overlap(rdf_first["g"], g["g"])}
-    if "partial" in g and "partial" in rdf_first:
-        out["rdf_overlap_replica_partial"] = {pair: mdv.rdf_overlap(rdf_first["partial"][pair]["g"], v["g"])
-                                              for pair, v in g["partial"].items()}
+    out = {"replica_seed": cfg.seed + 1, "replica_seconds": r["seconds"]}
+    for key, other in (("rdf_overlap_replica", rdf_first), ("rdf_overlap_replica_teacher", rdf_teacher)):
+        overlaps = mdv.rdf_overlaps(other, g)
+        out[key] = overlaps.pop("total")
+        if overlaps:
+            out[f"{key}_partial"] = overlaps
     return out
 
 
@@ -926,12 +934,16 @@ def _targets(summary: dict, teacher: str) -> list:
                 noise = f"; two runs of the student from different seeds: {replica[pair]:.3f}" if pair in replica else ""
                 rows.append({"model": name, "target": f"RDF overlap > 0.95 ({pair}, {key})", "value": value,
                              "pass": value > 0.95, "detail": "partial g_ab(r), sum min(g) / sum max(g)" + noise})
-            pairs = ([("total", e["rdf_overlap"], e["rdf_overlap_replica"])] if "rdf_overlap_replica" in e else []) + \
-                [(pair, v, replica[pair]) for pair, v in e.get("rdf_overlap_partial", {}).items() if pair in replica]
-            for pair, value, rep in pairs:
+            indep = e.get("rdf_overlap_replica_teacher_partial", {})
+            pairs = ([("total", e["rdf_overlap"], e["rdf_overlap_replica_teacher"], e["rdf_overlap_replica"])]
+                     if "rdf_overlap_replica_teacher" in e else []) + \
+                [(pair, v, indep[pair], replica[pair]) for pair, v in e.get("rdf_overlap_partial", {}).items()
+                 if pair in replica and pair in indep]
+            for pair, value, vs_teacher, rep in pairs:
                 if value <= 0.95:  # only a missed target needs telling apart from chance
                     rows.append({"model": name, "target": f"RDF gap to the teacher within sampling noise ({pair}, {key})",
-                                 "value": 1.0 - value, "pass": within_sampling_noise(value, rep),
-                                 "detail": f"1 - overlap; seed-to-seed 1 - overlap {1.0 - rep:.3f}, allowed x1.5: "
-                                           "a pass means the runs are too short to tell student and teacher apart"})
+                                 "value": 1.0 - vs_teacher, "pass": within_sampling_noise(vs_teacher, rep),
+                                 "detail": f"1 - overlap of the student's second-seed run with the teacher's; the "
+                                           f"student's two seeds give 1 - overlap {1.0 - rep:.3f}, allowed x1.5: a pass "
+                                           "means the runs are too short to tell student and teacher apart"})
     return rows
