@@ -107,7 +107,7 @@ def test_end_to_end_distillation_learns_the_teacher(tmp_path):
 def test_interrupted_generation_resumes_without_losing_or_duplicating_frames(tmp_path):
     teacher = load_teacher("emt")
     gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[300.0, 900.0], nvt_frames=5,
-                          nvt_equilibration_steps=3, strain_frames=8, strain_frames_per_task=4)
+                          nvt_equilibration_steps=3, strain_frames=8, strain_frames_per_task=4, coverage=[])
     full = generate(gcfg, teacher, tmp_path / "full", progress=False)
     part = generate(gcfg, teacher, tmp_path / "part", progress=False, max_tasks=2)
     assert not part["complete"] and len(part["tasks"]) == 2

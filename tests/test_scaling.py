@@ -23,7 +23,7 @@ def config(tmp_path, name="run", **generate):
     g = {"seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32], "timestep_fs": 4.0, "nvt_temperatures_k": [300.0, 900.0],
          "nvt_trajectories_per_temperature": 2, "nvt_equilibration_steps": 5, "nvt_interval_steps": 4,
          "nvt_frames": 12, "strain_frames": 16, "strain_frames_per_task": 4, "rattle_relax_frames": 8,
-         "rattle_relax_per_task": 2, "rattle_relax_steps": 1}
+         "rattle_relax_per_task": 2, "rattle_relax_steps": 1, "coverage": []}
     g.update(generate)
     return {"name": "cu-emt-scale", "teacher": {"name": "emt"},
             "student": {"kind": "v2", "overrides": {"num_features": 16, "num_vector_features": 4, "num_layers": 2,

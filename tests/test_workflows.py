@@ -12,7 +12,7 @@ from orbdistill.pipeline import distill, load_config
 
 WF = Path(__file__).resolve().parent.parent / "workflows"
 
-TINY_GENERATE = {"sizes": [32], "protocol_sizes": {}, "nvt_temperatures_k": [600.0], "nvt_trajectories_per_temperature": 2,
+TINY_GENERATE = {"sizes": [8], "protocol_sizes": {}, "nvt_temperatures_k": [600.0], "nvt_trajectories_per_temperature": 2,
                  "nvt_equilibration_steps": 2, "nvt_frames": 3, "npt_pressures_gpa": [], "strain_frames": 4,
                  "strain_frames_per_task": 2, "rattle_relax_frames": 0, "relax_trajectories": 0,
                  "coverage": ["surface", "cluster"], "surface_millers": [[1, 1, 1]], "surface_temperatures_k": [600.0],
