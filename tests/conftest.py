@@ -41,6 +41,8 @@ SLOW_REPEATS = {
     "test_export.py::test_exported_backends_equal_eager[v1-float32-compile]": "v2-float64-compile",
     "test_export.py::test_exported_backends_equal_eager[v2-float32-compile]": "v2-float64-compile",
     "test_export.py::test_compile_backend_does_not_recompile_when_edges_or_atoms_change[v1]": "[v2]",
+    # an ONNX export costs 20-25 s: v1 is checked in float64 (the strict bound), float32 on v2
+    "test_export.py::test_exported_backends_equal_eager[v1-float32-onnx]": "v1-float64-onnx, v2-float32-onnx",
     "test_export.py::test_isolated_atoms_have_their_single_atom_energies_and_no_force[v1-compile]": "[v2-compile]",
     # resuming after an interruption: the single-process trainer's exact resume is tested by
     # default (test_distill), DDP runs the same checkpoint code and its equality is tested
