@@ -126,7 +126,14 @@ def test_water_chgnet_recipe_is_valid_and_runs(tmp_path):
     assert cfg["teacher"]["name"] == "chgnet" and seed.get_chemical_formula() == "H64O32"
     assert cfg["generate"]["hydrogen_mass_amu"] == pytest.approx(2.014)
     cfg = shrink(cfg, tmp_path)
-    cfg["generate"].update(nvt_interval_steps=1, cluster_sizes=[9])
+    # the recipe's protocols on a 12-molecule box (CHGNet on the recipe's 96 atoms costs
+    # 3x the time; the box is only the seed)
+    from ase.io import write
+
+    from orbdistill.structures import molecular_liquid
+
+    write(tmp_path / "water_12.extxyz", molecular_liquid("H2O", 12, 1.0, seed=0))
+    cfg["generate"].update(seeds=[str(tmp_path / "water_12.extxyz")], nvt_interval_steps=1, cluster_sizes=[9])
     summary = distill(cfg, progress=False, log_fn=None)
     card = json.loads((tmp_path / "pkg" / "card.json").read_text())
     assert card["teacher"]["name"] == "chgnet" and sorted(card["atomic_numbers"]) == [1, 8]
