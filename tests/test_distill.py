@@ -163,7 +163,7 @@ def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
 def test_split_keeps_trajectories_whole(tmp_path):
     teacher = load_teacher("emt")
     gcfg = GenerateConfig(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[300.0, 500.0, 700.0, 900.0],
-                          nvt_frames=3, nvt_equilibration_steps=2, strain_frames=12, strain_frames_per_task=3)
+                          nvt_frames=3, nvt_equilibration_steps=2, strain_frames=12, strain_frames_per_task=3, coverage=[])
     generate(gcfg, teacher, tmp_path / "d", progress=False)
     tr, va, te = split_by_trajectory(read_frames(tmp_path / "d"), (0.5, 0.25, 0.25))
     ids = [{f.info["traj_id"] for f in s} for s in (tr, va, te)]
