@@ -34,9 +34,17 @@ def small_config(tmp_path, **over):
     return cfg
 
 
-def test_end_to_end_distillation_learns_the_teacher(tmp_path):
-    cfg = small_config(tmp_path)
-    summary = distill(cfg, progress=False, log_fn=None)
+@pytest.fixture(scope="module")
+def bulk_only(tmp_path_factory):
+    """The bulk-only recipe, distilled once: the end-to-end test checks it and the coverage
+    test compares a covered student with it."""
+    cfg = small_config(tmp_path_factory.mktemp("bulk-only"))
+    return cfg, distill(cfg, progress=False, log_fn=None)
+
+
+def test_end_to_end_distillation_learns_the_teacher(bulk_only):
+    cfg, summary = bulk_only
+    tmp_path = Path(cfg["work_dir"]).parent
     pkg = tmp_path / "calculators" / "cu-emt-test"
     card = json.loads((pkg / "card.json").read_text())
     for key in ("teacher", "species", "cutoff", "metrics"):
@@ -368,7 +376,7 @@ def test_a_seed_that_is_not_a_structure_says_why(tmp_path):
         load_config(cfg)
 
 
-def test_coverage_protocols_bring_surfaces_and_clusters_into_the_domain(tmp_path):
+def test_coverage_protocols_bring_surfaces_and_clusters_into_the_domain(tmp_path, bulk_only):
     """The same small recipe with and without the coverage protocols: the covered student
     learns surfaces and clusters (errors near its bulk error, quiet out-of-domain signal);
     the bulk-only one is far off there and says so."""
@@ -383,8 +391,8 @@ def test_coverage_protocols_bring_surfaces_and_clusters_into_the_domain(tmp_path
                            defect_temperatures_k=[300.0, 700.0], defect_frames=12, defect_relax_steps=3,
                            cluster_sizes=[13, 38], cluster_temperatures_k=[300.0, 700.0], cluster_frames=12,
                            cluster_relax_steps=3, hot_frames=12, hot_melt_steps=40, volume_frames=6)
-    bulk_only = small_config(tmp_path / "bulk")
-    summaries = {k: distill(c, progress=False, log_fn=None) for k, c in (("cov", cov), ("bulk", bulk_only))}
+    bulk_only, bulk_summary = bulk_only
+    summaries = {"cov": distill(cov, progress=False, log_fn=None), "bulk": bulk_summary}
     card = json.loads((Path(cov["package_dir"]) / "card.json").read_text())
     groups = card["metrics"]["by_group"]
     assert {"bulk", "surface", "defect", "cluster"} <= set(groups)

@@ -13,7 +13,7 @@ from orbdistill.pipeline import distill, load_config
 WF = Path(__file__).resolve().parent.parent / "workflows"
 
 TINY_GENERATE = {"sizes": [8], "protocol_sizes": {}, "nvt_temperatures_k": [600.0], "nvt_trajectories_per_temperature": 2,
-                 "nvt_equilibration_steps": 2, "nvt_frames": 3, "npt_pressures_gpa": [], "strain_frames": 4,
+                 "nvt_equilibration_steps": 2, "nvt_interval_steps": 1, "nvt_frames": 3, "npt_pressures_gpa": [], "strain_frames": 4,
                  "strain_frames_per_task": 2, "rattle_relax_frames": 0, "relax_trajectories": 0,
                  "coverage": ["surface", "cluster"], "surface_millers": [[1, 1, 1]], "surface_temperatures_k": [600.0],
                  "surface_frames": 2, "surface_rattle_relax_starts": 0, "cluster_sizes": [13],
@@ -133,7 +133,7 @@ def test_water_chgnet_recipe_is_valid_and_runs(tmp_path):
     from orbdistill.structures import molecular_liquid
 
     write(tmp_path / "water_12.extxyz", molecular_liquid("H2O", 12, 1.0, seed=0))
-    cfg["generate"].update(seeds=[str(tmp_path / "water_12.extxyz")], nvt_interval_steps=1, cluster_sizes=[9])
+    cfg["generate"].update(seeds=[str(tmp_path / "water_12.extxyz")], cluster_sizes=[9])
     summary = distill(cfg, progress=False, log_fn=None)
     card = json.loads((tmp_path / "pkg" / "card.json").read_text())
     assert card["teacher"]["name"] == "chgnet" and sorted(card["atomic_numbers"]) == [1, 8]
