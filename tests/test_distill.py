@@ -12,34 +12,7 @@ from orbdistill.data import GenerateConfig, generate, read_frames, split_by_traj
 from orbdistill.pipeline import distill, load_config, run_generate, run_train
 from orbdistill.teachers import load_teacher
 
-
-def small_config(tmp_path, **over):
-    cfg = {
-        "name": "cu-emt-test",
-        "teacher": {"name": "emt"},
-        "student": {"kind": "v2", "overrides": {"num_features": 32, "num_vector_features": 8, "num_layers": 2, "cutoff": 4.5}},
-        "generate": {
-            "seeds": ["bulk:Cu:fcc:3.61"], "sizes": [32], "timestep_fs": 4.0,
-            "nvt_temperatures_k": [300.0, 700.0, 1000.0], "nvt_trajectories_per_temperature": 2,
-            "nvt_equilibration_steps": 10, "nvt_interval_steps": 3, "nvt_frames": 12,
-            "strain_frames": 36, "strain_frames_per_task": 12, "rattle_relax_frames": 24,
-            "rattle_relax_per_task": 3, "rattle_relax_steps": 3, "coverage": [],  # bulk only
-        },
-        "train": {"epochs": 20, "batch_size": 8, "lr": 4e-3, "warmup_epochs": 1, "patience": 50},
-        "split": [0.7, 0.15, 0.15],
-        "work_dir": str(tmp_path / "run"),
-        "package_dir": str(tmp_path / "calculators" / "cu-emt-test"),
-    }
-    cfg.update(over)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def bulk_only(tmp_path_factory):
-    """The bulk-only recipe, distilled once: the end-to-end test checks it and the coverage
-    test compares a covered student with it."""
-    cfg = small_config(tmp_path_factory.mktemp("bulk-only"))
-    return cfg, distill(cfg, progress=False, log_fn=None)
+from conftest import small_config  # noqa: F401  (the on-policy tests import it from here too)
 
 
 def test_end_to_end_distillation_learns_the_teacher(bulk_only):

@@ -11,10 +11,9 @@ from ase.io import read
 
 from orbdistill import onpolicy
 from orbdistill.onpolicy import OnPolicyConfig, audit_run, candidates, explore, run_onpolicy, start_structures
-from orbdistill.pipeline import distill
 from orbdistill.training import trainer as trainer_module
 
-from test_distill import small_config
+from conftest import small_config
 
 
 def test_divergence_stops_a_run_and_keeps_the_frames_before_it():
@@ -102,13 +101,16 @@ def test_onpolicy_starts_cover_every_listed_facet_and_cluster_size():
     assert top_cn == [8, 9]
 
 
-def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, monkeypatch):
+def test_onpolicy_rounds_learn_what_the_student_gets_wrong_and_resume(tmp_path, monkeypatch, bulk_only):
+    import shutil
+
     cfg = small_config(tmp_path)  # bulk only
     cfg["onpolicy"] = {"rounds": 2, "starts": ["surface", "cluster"], "size": 32, "cluster_size": 19,
                        "temperatures_k": [500.0], "steps": 120, "sample_interval": 4, "max_new_frames": 40,
                        "epochs": 15, "lr": 2e-3, "audit_frames": 2}
-    no_rounds = dict(cfg, onpolicy={"rounds": 0})
-    distill(no_rounds, progress=False, log_fn=None)
+    base, _ = bulk_only  # the same recipe, distilled once for the session: a copy is the start
+    shutil.copytree(base["work_dir"], cfg["work_dir"])
+    shutil.copytree(base["package_dir"], cfg["package_dir"])
     pkg = Path(cfg["package_dir"])
     start_card = json.loads((pkg / "card.json").read_text())
     start_sha = start_card["weights_sha256"]
