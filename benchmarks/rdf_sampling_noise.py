@@ -91,8 +91,6 @@ def main(argv=None) -> dict:
         g = mdv.rdf(r["frames"], cfg["rdf_r_max"], cfg["rdf_bins"])
         return g, time.perf_counter() - t0
 
-    overlaps = mdv.rdf_overlaps
-
     results = {"package": name, "report": str(report), "n_atoms": len(start), "threads": args.threads,
                "machine": platform.processor() or platform.machine(), "protocol": {
                    k: cfg.get(k) for k in ("md_timestep_fs", "md_equilibration_steps", "md_steps", "md_sample_interval",
@@ -107,8 +105,8 @@ def main(argv=None) -> dict:
             if g is not None:
                 runs[seed] = g
         res = {"seeds": args.seeds,
-               "student_vs_teacher": {str(s): overlaps(g_teacher, g) for s, g in runs.items()},
-               "student_vs_student": {f"{a}-{b}": overlaps(runs[a], runs[b])
+               "student_vs_teacher": {str(s): mdv.rdf_overlaps(g_teacher, g) for s, g in runs.items()},
+               "student_vs_student": {f"{a}-{b}": mdv.rdf_overlaps(runs[a], runs[b])
                                       for a, b in itertools.combinations(sorted(runs), 2)},
                "reported": {"total": entry["models"][name].get("rdf_overlap"),
                             **(entry["models"][name].get("rdf_overlap_partial") or {})},
@@ -117,8 +115,8 @@ def main(argv=None) -> dict:
             long = [one(T, 100 + k, args.long_steps) for k in range(2)]
             done = [g for g, _ in long if g is not None]
             res["long"] = {"steps": args.long_steps, "completed": len(done),
-                           "student_vs_student": overlaps(done[0], done[1]) if len(done) == 2 else None,
-                           "student_vs_teacher": [overlaps(g_teacher, g) for g in done],
+                           "student_vs_student": mdv.rdf_overlaps(done[0], done[1]) if len(done) == 2 else None,
+                           "student_vs_teacher": [mdv.rdf_overlaps(g_teacher, g) for g in done],
                            "seconds": sum(dt for _, dt in long)}
         results["temperatures"][key] = res
         results["failures"] = failures
