@@ -11,11 +11,15 @@ package's own recipe run with another random seed, one of each protocol (seen ne
 the domain fit, which uses the training frames, nor by its calibration, which uses the
 validation and test frames); rattled bulk for a package without a recipe.
 
-For each frame: the student's force MAE against the teacher, and the largest per-atom
-uncertainty. A frame is *bad* when its force MAE exceeds 3x the card's held-out force MAE.
-Reports the share of bad frames flagged (goal >= 90 %) and of in-domain frames flagged
-(goal <= 5 %), per kind; writes ``ood_<package>.json`` and ``ood_<package>.png`` (error
-against uncertainty).
+For each frame: the student's force MAE against the teacher, the largest per-atom
+uncertainty and, for packages calibrated with a force-error model, the estimated force MAE
+(``mean_force_error``). A frame is flagged as the calculator flags it (either signal over
+its bar: :func:`orbdistill.models.domain.domain_flags`). A frame is *bad* when its force
+MAE exceeds 3x the card's held-out force MAE. Reports the share of bad frames flagged (goal
+>= 90 %) and of in-domain frames flagged (goal <= 5 %), per kind, and for each signal on
+its own; the in-domain frames that are themselves bad are counted apart (flagging those is
+right, not a false alarm). Writes ``ood_<package>.json`` and ``ood_<package>.png`` (error
+against uncertainty, and against the estimate).
 """
 
 from __future__ import annotations
@@ -132,6 +136,7 @@ def main(argv=None):
     pkg = find_package(args.package)
     card = read_card(pkg)
     threshold = card["domain"]["ood"]["threshold"]
+    fe_bar = (card["domain"]["ood"].get("force_error") or {}).get("threshold_ev_a", np.inf)
     bad_mae = 3 * card["metrics"]["force_mae_mev_a"] / 1e3
     teacher = load_teacher(args.teacher)
     student = StudentCalculator(pkg, on_extrapolation="ignore")
@@ -150,17 +155,30 @@ def main(argv=None):
         a.calc = student
         f = a.get_forces()
         u = a.calc.results["max_uncertainty"]
+        est = a.calc.results.get("mean_force_error")
         rows.append({"kind": kind, "n_atoms": len(a), "force_mae_ev_a": float(np.abs(f - f_ref).mean()),
-                     "max_uncertainty": float(u), "flagged": bool(u > threshold)})
+                     "max_uncertainty": float(u), "mean_force_error_ev_a": est,
+                     "flagged": bool(a.calc.out_of_domain), "flagged_by_distance": bool(u > threshold),
+                     "flagged_by_force_error": bool(est is not None and est > fe_bar)})
     seconds = time.perf_counter() - t0
     rows_in = [r for r in rows if r["kind"].startswith("in-domain")]
     rows_out = [r for r in rows if not r["kind"].startswith("in-domain")]
     bad = [r for r in rows if r["force_mae_ev_a"] > bad_mae]
+    good_in = [r for r in rows_in if r["force_mae_ev_a"] <= bad_mae]
+
+    def share(rs, key="flagged"):
+        return float(np.mean([r[key] for r in rs])) if rs else None
+
     summary = {
         "package": pkg.name, "teacher": args.teacher, "threshold": threshold, "bad_force_mae_ev_a": bad_mae,
         "bad_frames": len(bad), "bad_flagged_share": float(np.mean([r["flagged"] for r in bad])) if bad else None,
         "in_domain_frames": len(rows_in), "in_domain_flagged_share": float(np.mean([r["flagged"] for r in rows_in])),
         "probe_frames": len(rows_out), "probe_flagged_share": float(np.mean([r["flagged"] for r in rows_out])),
+        "force_error_bar_ev_a": None if not np.isfinite(fe_bar) else float(fe_bar),
+        "bad_flagged_share_by_distance": share(bad, "flagged_by_distance"),
+        "bad_flagged_share_by_force_error": share(bad, "flagged_by_force_error"),
+        "in_domain_bad_frames": len(rows_in) - len(good_in),
+        "in_domain_good_frames": len(good_in), "in_domain_good_flagged_share": share(good_in),
         "per_kind": {}, "seconds": seconds, "threads": args.threads,
     }
     for kind in sorted({r["kind"] for r in rows}):
@@ -177,21 +195,26 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    with_est = all(r["mean_force_error_ev_a"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_est else 1, figsize=(12.0 if with_est else 6.4, 4.8), squeeze=False)
     kinds = sorted({r["kind"] for r in rows})
-    for k, kind in enumerate(kinds):
-        rs = [r for r in rows if r["kind"] == kind]
-        ax.scatter([r["max_uncertainty"] for r in rs], [1e3 * r["force_mae_ev_a"] for r in rs], s=18,
-                   label=kind, marker="o" if kind.startswith("in-domain") else "^", color=plt.cm.tab10(k % 10))
-    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-    ax.axhline(1e3 * bad_mae, color="r", ls=":", lw=1, label="3x card force MAE")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("largest per-atom uncertainty of the frame")
-    ax.set_ylabel("student force MAE vs teacher (meV/Å)")
-    ax.set_title(f"{pkg.name}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
-                 f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    panels = [("max_uncertainty", threshold, "largest per-atom uncertainty of the frame")]
+    if with_est:
+        panels.append(("mean_force_error_ev_a", fe_bar, "estimated force MAE of the frame (eV/Å)"))
+    for ax, (key, bar, label) in zip(axes[0], panels):
+        for k, kind in enumerate(kinds):
+            rs = [r for r in rows if r["kind"] == kind]
+            ax.scatter([r[key] for r in rs], [1e3 * r["force_mae_ev_a"] for r in rs], s=18,
+                       label=kind, marker="o" if kind.startswith("in-domain") else "^", color=plt.cm.tab10(k % 10))
+        ax.axvline(bar, color="k", ls="--", lw=1, label=f"bar {bar:.3g}")
+        ax.axhline(1e3 * bad_mae, color="r", ls=":", lw=1, label="3x card force MAE")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("student force MAE vs teacher (meV/Å)")
+    axes[0][0].set_title(f"{pkg.name}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
+                         f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out / f"ood_{pkg.name}.png", dpi=120)
     print(json.dumps(summary, indent=1))

@@ -81,7 +81,9 @@ class StudentCalculator(Calculator):
     ``energies`` (per atom, eV). Packages with a fitted domain model (``domain.pt``) add
     ``uncertainty`` (per atom; training atoms score about 1, see
     :mod:`orbdistill.models.domain`) and ``max_uncertainty`` (the structure's largest), on
-    the torch backend.
+    the torch backend; those calibrated with a force-error model also ``force_error`` (per
+    atom, estimated, eV/Å) and ``mean_force_error`` (the structure's estimated force MAE).
+    :attr:`out_of_domain` says why the last structure was flagged.
     """
 
     default_parameters: dict = {}
@@ -109,7 +111,7 @@ class StudentCalculator(Calculator):
             raise ValueError(f"on_extrapolation must be 'warn', 'raise' or 'ignore', got {on_extrapolation!r}")
         self.on_extrapolation = on_extrapolation
         self._warned = False
-        self.domain, self.ood_threshold = None, None
+        self.domain, self.ood_threshold, self.force_error_model, self._ood = None, None, None, {}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype)
         if num_threads is not None:
@@ -143,6 +145,8 @@ class StudentCalculator(Calculator):
         self.implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
         if self.domain is not None and getattr(self.engine, "has_features", False):
             self.implemented_properties += ["uncertainty", "max_uncertainty"]
+            if self.force_error_model is not None:
+                self.implemented_properties += ["force_error", "mean_force_error"]
 
     def _load_domain(self, package) -> None:
         f = os.path.join(os.fspath(package), "domain.pt")
@@ -155,7 +159,12 @@ class StudentCalculator(Calculator):
         from .models.domain import DomainModel
 
         self.domain = DomainModel.from_state(safe_torch_load(f, what="domain model")).to(self.device)
-        self.ood_threshold = (self.card or {}).get("domain", {}).get("ood", {}).get("threshold")
+        self._ood = (self.card or {}).get("domain", {}).get("ood", {}) or {}
+        self.ood_threshold = self._ood.get("threshold")
+        if self._ood.get("force_error"):
+            from .models.domain import ForceErrorModel
+
+            self.force_error_model = ForceErrorModel.from_dict(self._ood["force_error"])
 
     @classmethod
     def from_package(cls, path, backend: str = "torch", device=None, dtype="float32", **kwargs) -> "StudentCalculator":
@@ -216,16 +225,42 @@ class StudentCalculator(Calculator):
             u = self.domain(out["features"], graph.atomic_numbers).detach().cpu().numpy().astype(np.float64)
             self.results["uncertainty"] = u
             self.results["max_uncertainty"] = float(u.max())
-            self._check_domain(atoms, u)
+            sigma = None
+            if self.force_error_model is not None:
+                sigma = self.force_error_model(u, np.linalg.norm(forces, axis=1), atoms.numbers)
+                self.results["force_error"] = sigma
+                self.results["mean_force_error"] = float(sigma.mean())
+            self._check_domain(atoms, u, sigma)
 
-    def _check_domain(self, atoms, u: np.ndarray) -> None:
-        if self.ood_threshold is None or self.on_extrapolation == "ignore" or u.max() <= self.ood_threshold:
+    @property
+    def force_error_bar(self) -> Optional[float]:
+        """The card's bar (eV/Å) on ``mean_force_error``; None without a force-error model."""
+        return (self._ood.get("force_error") or {}).get("threshold_ev_a") if self.force_error_model else None
+
+    @property
+    def out_of_domain(self) -> list:
+        """Why the last structure is outside this student's domain (the largest uncertainty
+        above the card's threshold, the estimated force error above its bar); empty when it
+        is inside or the package has no signal."""
+        from .models.domain import domain_flags
+
+        if "max_uncertainty" not in self.results:
+            return []
+        return domain_flags(self.results["max_uncertainty"], self.results.get("mean_force_error"), self._ood)
+
+    def _check_domain(self, atoms, u: np.ndarray, sigma: Optional[np.ndarray] = None) -> None:
+        if self.on_extrapolation == "ignore":
             return
-        worst = np.argsort(-u)[:5]
-        msg = (f"{atoms.get_chemical_formula()}: outside this student's training domain (largest per-atom "
-               f"uncertainty {u.max():.2f} > threshold {self.ood_threshold:.2f}; atoms {worst.tolist()}, "
-               f"{int((u > self.ood_threshold).sum())} of {len(u)} above). Its errors here can be far above the "
-               "card's: check against the teacher, or distil with data that covers this structure.")
+        reasons = self.out_of_domain
+        if not reasons:
+            return
+        worst = np.argsort(-(sigma if sigma is not None and u.max() <= (self.ood_threshold or np.inf) else u))[:5]
+        msg = (f"{atoms.get_chemical_formula()}: outside this student's training domain ({'; '.join(reasons)}; "
+               f"worst atoms {worst.tolist()}"
+               + (f", {int((u > self.ood_threshold).sum())} of {len(u)} above the uncertainty threshold"
+                  if self.ood_threshold is not None else "")
+               + "). Its errors here can be far above the card's: check against the teacher, or distil with data "
+               "that covers this structure.")
         if self.on_extrapolation == "raise":
             raise ExtrapolationError(msg)
         if not self._warned:

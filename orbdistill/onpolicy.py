@@ -13,7 +13,8 @@ into a collapse. Each round:
    ``max_temperature_factor`` x its target, or the model fails; the frames before the
    failure are kept and the run stops.
 2. **select**: frames scoring above ``uncertainty_factor`` x the package's calibrated
-   threshold, and the last ``frames_before_failure`` frames of a diverged run, are the
+   threshold, or whose estimated force MAE is above ``uncertainty_factor`` x the card's
+   force-error bar (packages calibrated with a force-error model), and the last ``frames_before_failure`` frames of a diverged run, are the
    candidates; at most ``max_new_frames`` of them are chosen by farthest-point sampling
    (:mod:`orbdistill.data.selection`). With ``audit_frames``, the teacher also labels that
    many other frames of every run; those where the student's force MAE exceeds
@@ -94,8 +95,9 @@ def explore(calc, atoms, temperature_k: float, cfg: OnPolicyConfig, seed: int = 
     """The student's own NVT run, sampled, with a divergence check after every sample.
 
     Returns ``frames`` (copies without calculator), ``uncertainty`` (largest per-atom score
-    of each frame, NaN when the package has no signal), ``steps_completed`` and ``failed``
-    (None, or why the run stopped).
+    of each frame, NaN when the package has no signal), ``force_error`` (each frame's
+    estimated force MAE, eV/Å; NaN without a force-error model), ``steps_completed`` and
+    ``failed`` (None, or why the run stopped).
     """
     from ase import units
     from ase.md.bussi import Bussi
@@ -108,13 +110,14 @@ def explore(calc, atoms, temperature_k: float, cfg: OnPolicyConfig, seed: int = 
     rng = np.random.default_rng(seed)
     _init_velocities(a, temperature_k, rng)
     dyn = Bussi(a, timestep=cfg.timestep_fs * units.fs, temperature_K=temperature_k, taut=100 * units.fs, rng=rng)
-    frames, scores, failed, done = [], [], None, 0
+    frames, scores, errors, failed, done = [], [], [], None, 0
 
     def record():
         f = a.copy()
         f.calc = None
         frames.append(f)
         scores.append(float(calc.results.get("max_uncertainty", np.nan)))
+        errors.append(float(calc.results.get("mean_force_error", np.nan)))
 
     try:
         a.get_potential_energy()
@@ -138,16 +141,21 @@ def explore(calc, atoms, temperature_k: float, cfg: OnPolicyConfig, seed: int = 
             record()
     except Exception as exc:  # the model refused the structure (overlapping atoms, ...)
         failed = f"{type(exc).__name__} at step ~{done}: {str(exc)[:200]}"
-    return {"frames": frames, "uncertainty": scores, "steps_completed": done, "failed": failed}
+    return {"frames": frames, "uncertainty": scores, "force_error": errors, "steps_completed": done, "failed": failed}
 
 
-def candidates(run: dict, threshold: Optional[float], cfg: OnPolicyConfig) -> List[int]:
+def candidates(run: dict, threshold: Optional[float], cfg: OnPolicyConfig,
+               force_error_bar: Optional[float] = None) -> List[int]:
     """Indices of a run's frames worth labelling: above ``uncertainty_factor`` x threshold,
-    and the last frames before a divergence."""
+    estimated force MAE above ``uncertainty_factor`` x ``force_error_bar`` (eV/Å), and the
+    last frames before a divergence."""
     u = np.asarray(run["uncertainty"], dtype=float)
     picked = set()
     if threshold is not None:
         picked |= set(np.flatnonzero(np.nan_to_num(u, nan=0.0) > cfg.uncertainty_factor * threshold).tolist())
+    if force_error_bar is not None and run.get("force_error") is not None:
+        e = np.nan_to_num(np.asarray(run["force_error"], dtype=float), nan=0.0)
+        picked |= set(np.flatnonzero(e > cfg.uncertainty_factor * force_error_bar).tolist())
     if run["failed"] and cfg.frames_before_failure:
         picked |= set(range(max(0, len(u) - cfg.frames_before_failure), len(u)))
     return sorted(picked)
@@ -281,7 +289,7 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
                     res = explore(calc, atoms, T, oc, seed=oc.seed + 1000 * r + int(T))
                     for f, u in zip(res["frames"], res["uncertainty"]):
                         f.info.update(start=name, temperature_K=float(T), uncertainty=u)
-                    idx = candidates(res, threshold, oc)
+                    idx = candidates(res, threshold, oc, force_error_bar=calc.force_error_bar)
                     chosen_pool.extend(res["frames"][i] for i in idx)
                     audit = audit_run(res, idx, calc, teacher, gcfg, r, oc.audit_frames)
                     audit_failed.extend(f for f in audit if f.info["audit_force_mae_mev_a"] > audit_limit)
@@ -348,7 +356,8 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
         # calibrated on every frame it was not trained on: the validation and test trajectories
         # and the on-policy validation frames (without the latter, the threshold would describe the
         # bulk alone and keep flagging the surfaces and clusters the rounds brought in)
-        domain, ood = fit_domain(best, train_s, val_s + (held_s if test_f else []))
+        domain, ood = fit_domain(best, train_s, val_s + (held_s if test_f else []),
+                                 force_mae_ev_a=metrics["force_mae_mev_a"] / 1e3)
         card = _card_without_identity(read_card(package))
         card["metrics"] = {**metrics, "held_out": "the distillation's held-out trajectories"}
         card["onpolicy"] = state["rounds"] + [dict(entry, new_frame_errors_before=before, new_frame_errors_after=after)]

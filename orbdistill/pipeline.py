@@ -124,7 +124,7 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     data it was trained on (the package's own split of trajectories is redone)."""
     from orbdistill.export.package import write_domain
     from orbdistill.models import load_student
-    from orbdistill.packages import find_package
+    from orbdistill.packages import find_package, read_card
 
     package = find_package(package)
     used = json.loads((package / "config.json").read_text()) if (package / "config.json").exists() else {}
@@ -135,7 +135,8 @@ def calibrate_package(package, data_dir, split=None, seed: Optional[int] = None,
     frames = read_frames(data_dir)
     train_f, val_f, test_f = split_by_trajectory(frames, split, seed=seed, method=how["method"])
     train_s, held_s = (frames_to_samples(x, model.cutoff, model.max_neighbors) for x in (train_f, val_f + test_f))
-    domain, ood = fit_domain(model, train_s, held_s)
+    card_mae = read_card(package).get("metrics", {}).get("force_mae_mev_a")
+    domain, ood = fit_domain(model, train_s, held_s, force_mae_ev_a=card_mae / 1e3 if card_mae else None)
     ood["fitted_on"] = f"{len(train_s)} training frames of {data_dir}"
     write_domain(package, domain, ood)
     if log_fn:
@@ -210,9 +211,13 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
     # calibrated on every frame it was not trained on (validation and test trajectories): a
     # group holds one or two trajectories of each split, and frames of one trajectory are
     # alike, so the threshold's quantile needs every held-out trajectory there is
-    domain, ood = fit_domain(best, train_s, val_s + test_s)
+    domain, ood = fit_domain(best, train_s, val_s + test_s, force_mae_ev_a=metrics["force_mae_mev_a"] / 1e3)
     if log_fn:
         log_fn(f"out-of-domain threshold {ood['threshold']:.2f} ({100 * ood['held_out_flagged']:.1f} % of held-out frames above)")
+        if "force_error" in ood:
+            fe = ood["force_error"]
+            log_fn(f"force-error model: bar {1e3 * fe['threshold_ev_a']:.1f} meV/Å, rank correlation {fe['spearman']:.2f} "
+                   f"with the measured errors ({100 * fe['held_out_flagged']:.1f} % of held-out frames above the bar)")
     pkg = write_package(best, cfg["package_dir"], card, config=cfg,
                         files=[work / "parity.png", work / "learning_curves.png"], domain=domain, domain_info=ood)
     summary = {"package": str(pkg), "metrics": metrics, "timing": card["timing"], "data": card["data"]}

@@ -75,6 +75,14 @@ def test_end_to_end_distillation_learns_the_teacher(bulk_only):
         warnings.simplefilter("error")
         cluster.get_potential_energy()  # no warning when ignored
     assert cluster.calc.results["max_uncertainty"] > ood["threshold"]
+    # the force-error model, fitted on the held-out errors: an estimate per atom, ranked
+    # with the measured errors, its bar 3x the card's force MAE
+    fe = ood["force_error"]
+    assert fe["threshold_ev_a"] == pytest.approx(3e-3 * card["metrics"]["force_mae_mev_a"])
+    assert fe["n_frames"] == ood["n_frames"] and fe["u_exponent"] >= 0 and fe["force_exponent"] >= 0
+    est = cluster.calc.results["force_error"]
+    assert est.shape == (len(cluster),) and np.all(est > 0)
+    assert "force-error bar" in (pkg / "README.md").read_text()
     # refitting an existing package from its data redoes the same split and fit, and leaves
     # the weights alone
     from orbdistill.pipeline import calibrate_package

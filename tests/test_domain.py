@@ -71,3 +71,88 @@ def test_a_bad_on_extrapolation_value_is_named():
 
     with pytest.raises(ValueError, match="on_extrapolation"):
         StudentCalculator("cu-sevennet-v2", on_extrapolation="shout")
+
+
+def _synthetic_frames(model, rng, n_frames=60, species=(29,)):
+    """Held-out frames whose force MAE is exactly the model's mean estimate times a
+    log-normal factor (spread 0.1)."""
+    frames = []
+    for _ in range(n_frames):
+        n = int(rng.integers(8, 40))
+        u = np.exp(rng.normal(0.0, 0.6, n)) * (1 + 3 * rng.random())  # frames of different distance
+        f = np.exp(rng.normal(-1.5, 0.8, n)) * (1 + 4 * rng.random())  # and different temperature
+        z = rng.choice(species, n)
+        mae = float(model(u, f, z).mean()) * float(np.exp(rng.normal(0, 0.1)))
+        frames.append({"u": u, "force_norm": f, "atomic_numbers": z, "force_mae": mae})
+    return frames
+
+
+def test_force_error_model_fit_recovers_the_exponents_and_scales_it_was_made_with():
+    from orbdistill.models.domain import ForceErrorModel
+
+    truth = ForceErrorModel({8: 0.004, 1: 0.010}, u_exponent=1.5, force_exponent=0.8, force_floor_ev_a=0.05)
+    frames = _synthetic_frames(truth, np.random.default_rng(0), n_frames=200, species=(1, 8))
+    fit = ForceErrorModel.fit(frames, force_floor_ev_a=0.05)
+    assert abs(fit.u_exponent - 1.5) < 0.1 and abs(fit.force_exponent - 0.8) < 0.1
+    assert fit.scale[1] / fit.scale[8] == pytest.approx(2.5, rel=0.2)
+    # round trip through the card's JSON
+    again = ForceErrorModel.from_dict(fit.to_dict())
+    u, f, z = frames[0]["u"], frames[0]["force_norm"], frames[0]["atomic_numbers"]
+    np.testing.assert_allclose(again(u, f, z), fit(u, f, z))
+    # an estimate grows with the distance and with the force, and an unknown element is inf
+    assert fit(np.array([4.0]), np.array([0.2]), np.array([8]))[0] > fit(np.array([1.0]), np.array([0.2]), np.array([8]))[0]
+    assert fit(np.array([1.0]), np.array([2.0]), np.array([8]))[0] > fit(np.array([1.0]), np.array([0.2]), np.array([8]))[0]
+    assert np.isinf(fit(np.array([1.0]), np.array([0.2]), np.array([26]))[0])
+    with pytest.raises(ValueError, match="at least 5"):
+        ForceErrorModel.fit(frames[:3])
+
+
+def test_domain_flags_name_each_reason_and_pass_a_structure_inside_both():
+    from orbdistill.models.domain import domain_flags
+
+    ood = {"threshold": 3.0, "force_error": {"threshold_ev_a": 0.030, "bar_factor": 3}}
+    assert domain_flags(2.0, 0.010, ood) == []
+    (r,) = domain_flags(5.0, 0.010, ood)
+    assert "uncertainty 5.00 > threshold 3.00" in r
+    (r,) = domain_flags(2.0, 0.045, ood)
+    assert "estimated force error 45 meV/Å > 30 meV/Å" in r
+    assert len(domain_flags(5.0, 0.045, ood)) == 2
+    assert domain_flags(5.0, None, {"threshold": 3.0}) and not domain_flags(2.0, 9.0, {"threshold": 3.0})
+
+
+def test_calculator_reports_force_errors_and_warns_when_the_estimate_crosses_the_bar(tmp_path):
+    """A package whose card carries a force-error model: per-atom estimates that follow
+    the model, and a warning that names the estimate when only the bar is crossed."""
+    import json
+    import shutil
+    import warnings
+    from pathlib import Path
+
+    from orbdistill.calculator import ExtrapolationWarning, StudentCalculator
+    from orbdistill.models.domain import ForceErrorModel
+
+    src = Path(__file__).resolve().parents[1] / "calculators" / "cu-sevennet-v2"
+    pkg = tmp_path / "cu-test"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("*.onnx", "*.torchscript", "*.lammps.pt"))
+    card = json.loads((pkg / "card.json").read_text())
+    model = ForceErrorModel({29: 0.01}, 1.0, 1.0, 0.05)
+    card["domain"]["ood"]["force_error"] = {**model.to_dict(), "threshold_ev_a": 1e-4, "bar_factor": 3}
+    card["domain"]["ood"]["threshold"] = 1e6  # the distance never flags here
+    (pkg / "card.json").write_text(json.dumps(card))
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = StudentCalculator(pkg)
+    with pytest.warns(ExtrapolationWarning, match="estimated force error"):
+        forces = atoms.get_forces()
+    r = atoms.calc.results
+    np.testing.assert_allclose(r["force_error"], model(r["uncertainty"], np.linalg.norm(forces, axis=1), atoms.numbers))
+    assert r["mean_force_error"] == pytest.approx(r["force_error"].mean())
+    assert atoms.calc.out_of_domain and "force error" in atoms.calc.out_of_domain[0]
+    # with a bar above the estimate: no warning, nothing flagged
+    card["domain"]["ood"]["force_error"]["threshold_ev_a"] = 10.0
+    (pkg / "card.json").write_text(json.dumps(card))
+    atoms.calc = StudentCalculator(pkg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atoms.get_forces()
+    assert atoms.calc.out_of_domain == []

@@ -41,6 +41,10 @@ def test_divergence_stops_a_run_and_keeps_the_frames_before_it():
     # above-threshold frames are candidates, the rest are not
     fake = {"uncertainty": [0.5, 3.0, 1.0, 2.5], "failed": None}
     assert candidates(fake, 2.0, cfg) == [1, 3]
+    # and so are frames whose estimated force error is above the card's bar
+    fake["force_error"] = [0.05, 0.01, float("nan"), 0.02]
+    assert candidates(fake, 2.0, cfg, force_error_bar=0.03) == [0, 1, 3]
+    assert candidates(fake, None, cfg, force_error_bar=0.03) == [0]
 
 
 def test_an_audit_labels_unpicked_frames_and_measures_the_students_error():

@@ -77,7 +77,10 @@ def _domain_files(out: Path, card: dict, domain, info: Optional[dict]) -> None:
     from orbdistill.models.domain import DOMAIN_FILE
 
     atomic_torch_save(domain.state(), out / DOMAIN_FILE)
-    card.setdefault("domain", {})["ood"] = {"method": "per-element Mahalanobis distance of the readout features",
+    method = "per-element Mahalanobis distance of the readout features"
+    if (info or {}).get("force_error"):
+        method += ", and a force-error estimate from it and the predicted force (calibrated on held-out errors)"
+    card.setdefault("domain", {})["ood"] = {"method": method,
                                             "file": DOMAIN_FILE, "weights_sha256": card.get("weights_sha256"),
                                             **(info or {})}
 
@@ -148,6 +151,10 @@ def card_markdown(card: dict) -> str:
     if ood:
         lines.append(f"| out-of-domain threshold | {ood['threshold']:.2f} (largest per-atom `uncertainty`; "
                      f"{100 * ood.get('held_out_flagged', 0):.1f} % of held-out frames above it) |")
+        fe = ood.get("force_error")
+        if fe:
+            lines.append(f"| force-error bar | {1e3 * fe['threshold_ev_a']:.1f} meV/Å (estimated force MAE of a structure, "
+                         f"`mean_force_error`; rank correlation {fe['spearman']:.2f} with the measured held-out errors) |")
     d = card.get("data")
     if d:
         lines.append(f"| training data | {d.get('n_frames')} frames ({d.get('n_train')} train, {d.get('n_val')} validation, "
@@ -191,6 +198,14 @@ def card_markdown(card: dict) -> str:
             "learned from, and its errors can be far above those in the table (`on_extrapolation=\"raise\"` makes",
             "that an error). See docs/domain.md in the orbdistill repository.",
         ]
+        if ood.get("force_error"):
+            lines += [
+                "",
+                "It also estimates each atom's force error (`force_error`, eV/Å) from that value and the size of the",
+                "predicted force, fitted to the held-out errors, and warns when the structure's mean",
+                f"(`mean_force_error`) exceeds {1e3 * ood['force_error']['threshold_ev_a']:.0f} meV/Å: inside the data too,",
+                "hot, molten, compressed or very small structures can be fitted worse than the bulk.",
+            ]
     if (card.get("plots")):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in card["plots"]]
     return "\n".join(lines) + "\n"

@@ -17,12 +17,25 @@ of the step's own forward pass, so the default step pays almost nothing for it.
 
 The signal is calibrated at packaging on held-out frames: the card stores the
 ``threshold`` above which a structure's largest per-atom value is out of the domain.
+
+A distance says where the student has no data; it cannot see a region the data covers and
+the student still fits badly (molten or compressed cells, small clusters: their errors are
+several times the bulk's while their features are the training frames'). So the
+calibration also fits a :class:`ForceErrorModel`, an estimate of each atom's force error
+from its distance and from the size of its predicted force (errors grow with the force:
+hot and strained frames carry larger forces and larger errors), on the held-out frames'
+measured errors. Calibrating a latent distance against held-out errors is the approach of
+Hu et al., Mach. Learn.: Sci. Technol. 3, 045028 (2022); Musil et al., J. Chem. Theory
+Comput. 15, 906 (2019) calibrate committee spreads the same way. A structure is flagged
+when its largest distance exceeds the threshold *or* its estimated force MAE exceeds the
+error bar (3x the held-out force MAE by default: :func:`domain_flags`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 #: file of a package that holds the fitted domain model (tensors only)
@@ -133,10 +146,152 @@ def calibrate(model, domain: DomainModel, held_out, quantile: float = 0.99, marg
             "held_out_score_median": float(np.median(scores)), "held_out_score_max": float(scores.max())}
 
 
-def fit_domain(model, train_samples, held_out_samples):
+def fit_domain(model, train_samples, held_out_samples, force_mae_ev_a: Optional[float] = None,
+               force_error: bool = True):
     """The out-of-domain signal of ``model``: Gaussians on its training atoms' features,
-    calibrated on held-out frames. Returns (DomainModel, calibration dict)."""
+    calibrated on held-out frames, and (``force_error``) the force-error model fitted on
+    the same frames, its bar 3x ``force_mae_ev_a`` (the card's held-out force MAE; default:
+    the MAE over ``held_out_samples``). Returns (DomainModel, calibration dict)."""
     feats, numbers = sample_features(model, train_samples)
     domain = DomainModel.fit(feats, numbers)
-    return domain, calibrate(model, domain, held_out_samples)
+    info = calibrate(model, domain, held_out_samples)
+    if force_error and len(held_out_samples) >= 5:
+        info["force_error"] = calibrate_force_error(model, domain, held_out_samples, force_mae_ev_a)
+    return domain, info
 
+
+
+class ForceErrorModel:
+    """Estimated force error of each atom (eV/Å, the mean absolute Cartesian component, the
+    quantity a force MAE averages):
+
+        sigma_i = s_Z * u_i**b * (|F_i| + f0)**c
+
+    from the atom's out-of-domain signal ``u_i`` and the norm of its predicted force
+    ``|F_i|`` (eV/Å). ``s_Z`` is one scale per element, ``f0`` (eV/Å) keeps atoms at rest
+    from an estimate of zero. Fitted by :meth:`fit` on held-out frames so that each frame's
+    mean ``sigma_i`` matches its measured force MAE (least squares on the logarithms, a
+    soft-L1 loss against the odd outlier frame).
+
+    >>> m = ForceErrorModel({29: 0.02}, u_exponent=1.0, force_exponent=1.0, force_floor_ev_a=0.1)
+    >>> float(m(np.array([2.0]), np.array([0.4]), np.array([29]))[0])  # 0.02 * 2 * 0.5
+    0.02
+    """
+
+    def __init__(self, scale: Dict[int, float], u_exponent: float, force_exponent: float, force_floor_ev_a: float):
+        self.scale = {int(z): float(v) for z, v in scale.items()}
+        self.u_exponent = float(u_exponent)
+        self.force_exponent = float(force_exponent)
+        self.force_floor_ev_a = float(force_floor_ev_a)
+
+    def __call__(self, u: np.ndarray, force_norm: np.ndarray, atomic_numbers: np.ndarray) -> np.ndarray:
+        """Per-atom estimates [N] (eV/Å) from ``u`` [N], ``force_norm`` [N] (eV/Å) and
+        ``atomic_numbers`` [N]; an element without a scale gets ``inf``."""
+        s = np.array([self.scale.get(int(z), np.inf) for z in np.asarray(atomic_numbers).ravel()])
+        u = np.maximum(np.asarray(u, dtype=float), 1e-6)
+        f = np.asarray(force_norm, dtype=float) + self.force_floor_ev_a
+        return s * u ** self.u_exponent * f ** self.force_exponent
+
+    def to_dict(self) -> dict:
+        return {"scale_ev_a": {str(z): v for z, v in self.scale.items()}, "u_exponent": self.u_exponent,
+                "force_exponent": self.force_exponent, "force_floor_ev_a": self.force_floor_ev_a}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ForceErrorModel":
+        return cls({int(z): v for z, v in d["scale_ev_a"].items()}, d["u_exponent"], d["force_exponent"],
+                   d["force_floor_ev_a"])
+
+    @classmethod
+    def fit(cls, frames: Sequence[dict], force_floor_ev_a: Optional[float] = None) -> "ForceErrorModel":
+        """Fit to held-out frames, each a dict of per-atom ``u`` [n], ``force_norm`` [n]
+        (predicted, eV/Å), ``atomic_numbers`` [n] and the frame's measured ``force_mae``
+        (eV/Å). ``f0`` defaults to a quarter of the median predicted force norm."""
+        from scipy.optimize import least_squares
+
+        if len(frames) < 5:
+            raise ValueError(f"Fitting the force-error model needs at least 5 held-out frames, got {len(frames)}.")
+        species = sorted({int(z) for fr in frames for z in np.asarray(fr["atomic_numbers"]).ravel()})
+        col = {z: k for k, z in enumerate(species)}
+        if force_floor_ev_a is None:
+            force_floor_ev_a = 0.25 * float(np.median(np.concatenate([np.asarray(fr["force_norm"]) for fr in frames])))
+            force_floor_ev_a = max(force_floor_ev_a, 1e-3)
+        log_u = [np.log(np.maximum(np.asarray(fr["u"], dtype=float), 1e-6)) for fr in frames]
+        log_f = [np.log(np.asarray(fr["force_norm"], dtype=float) + force_floor_ev_a) for fr in frames]
+        cols = [np.array([col[int(z)] for z in np.asarray(fr["atomic_numbers"]).ravel()]) for fr in frames]
+        target = np.log(np.maximum([float(fr["force_mae"]) for fr in frames], 1e-9))
+
+        def residuals(p):
+            log_s, b, c = p[:len(species)], p[-2], p[-1]
+            pred = [np.log(np.mean(np.exp(log_s[k] + b * lu + c * lf))) for k, lu, lf in zip(cols, log_u, log_f)]
+            return np.asarray(pred) - target
+
+        p0 = np.concatenate([np.full(len(species), float(np.median(target))), [0.5, 0.5]])
+        lower = np.concatenate([np.full(len(species), -np.inf), [0.0, 0.0]])
+        upper = np.concatenate([np.full(len(species), np.inf), [4.0, 3.0]])
+        sol = least_squares(residuals, p0, bounds=(lower, upper), loss="soft_l1", f_scale=0.5)
+        log_s = sol.x[:len(species)]
+        return cls({z: float(np.exp(log_s[col[z]])) for z in species}, sol.x[-2], sol.x[-1], force_floor_ev_a)
+
+
+def held_out_errors(model, domain: DomainModel, samples, batch_size: int = 16) -> List[dict]:
+    """Per held-out frame: the per-atom signal ``u`` [n], predicted force norms
+    ``force_norm`` [n] (eV/Å), ``atomic_numbers`` [n] and the frame's force MAE against
+    its labels (eV/Å), from one forward and backward pass per batch."""
+    from orbdistill.data.dataset import collate
+
+    p = next(model.parameters())
+    model.eval()
+    out = []
+    for k in range(0, len(samples), batch_size):
+        chunk = samples[k: k + batch_size]
+        g, tgt = collate(chunk, dtype=p.dtype, device=p.device)
+        pred = model.predict(g, compute_forces=True, compute_stress=False, features=True)
+        u = domain(pred["features"].float(), g.atomic_numbers).detach().cpu().double().numpy()
+        fn = pred["forces"].detach().norm(dim=1).cpu().double().numpy()
+        err = (pred["forces"] - tgt["forces"]).detach().abs().mean(dim=1).cpu().double().numpy()
+        z = g.atomic_numbers.cpu().numpy()
+        start = 0
+        for s in chunk:
+            sl = slice(start, start + s.n_atoms)
+            out.append({"u": u[sl], "force_norm": fn[sl], "atomic_numbers": z[sl], "force_mae": float(err[sl].mean())})
+            start += s.n_atoms
+    return out
+
+
+def domain_flags(max_u: float, mean_force_error: Optional[float], ood: dict) -> List[str]:
+    """Why a structure is out of the domain of a package whose card holds ``ood`` (the
+    card's ``domain.ood``): an empty list when it is inside. ``max_u`` is the structure's
+    largest per-atom signal, ``mean_force_error`` its mean estimated force error (eV/Å;
+    None without a force-error model)."""
+    reasons = []
+    thr = ood.get("threshold")
+    if thr is not None and max_u > thr:
+        reasons.append(f"largest per-atom uncertainty {max_u:.2f} > threshold {thr:.2f}")
+    fe = ood.get("force_error") or {}
+    bar = fe.get("threshold_ev_a")
+    if bar is not None and mean_force_error is not None and mean_force_error > bar:
+        reasons.append(f"estimated force error {1e3 * mean_force_error:.0f} meV/Å > {1e3 * bar:.0f} meV/Å "
+                       f"({fe.get('bar_factor', 3):g}x the held-out force MAE)")
+    return reasons
+
+
+def calibrate_force_error(model, domain: DomainModel, held_out, force_mae_ev_a: Optional[float] = None,
+                          bar_factor: float = 3.0) -> dict:
+    """Fit the :class:`ForceErrorModel` on held-out frames and set its bar: ``bar_factor`` x
+    ``force_mae_ev_a`` (the card's held-out force MAE; by default the MAE over
+    ``held_out``). Returns the card entry (``domain.ood.force_error``) with the fit's
+    quality: the spread of log(measured / estimated) and the rank correlation."""
+    from scipy.stats import spearmanr
+
+    frames = held_out_errors(model, domain, held_out)
+    em = ForceErrorModel.fit(frames)
+    mae = np.array([fr["force_mae"] for fr in frames])
+    est = np.array([float(em(fr["u"], fr["force_norm"], fr["atomic_numbers"]).mean()) for fr in frames])
+    if force_mae_ev_a is None:
+        force_mae_ev_a = float(np.average(mae, weights=[len(fr["u"]) for fr in frames]))
+    bar = bar_factor * float(force_mae_ev_a)
+    log_ratio = np.log(mae / est)
+    return {**em.to_dict(), "threshold_ev_a": bar, "bar_factor": bar_factor, "reference_force_mae_ev_a": float(force_mae_ev_a),
+            "n_frames": len(frames), "log_ratio_std": float(log_ratio.std()),
+            "spearman": float(spearmanr(est, mae).statistic), "held_out_flagged": float((est > bar).mean()),
+            "held_out_bad": float((mae > bar).mean())}
