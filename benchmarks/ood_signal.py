@@ -117,6 +117,46 @@ def rattled_bulk_frames(n: int, a0: float):
     return out
 
 
+def plot(rows, summary, path):
+    """Error against the uncertainty (and against the estimated force MAE, when the package has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threshold, bad_mae = summary["threshold"], summary["bad_force_mae_ev_a"]
+    fe_bar = summary.get("force_error_bar_ev_a")
+    bad = summary["bad_frames"]
+    with_est = fe_bar is not None and all(r["mean_force_error_ev_a"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_est else 1, figsize=(12.0 if with_est else 6.4, 4.8), squeeze=False)
+    kinds = sorted({r["kind"] for r in rows})
+    panels = [("max_uncertainty", threshold, "largest per-atom uncertainty of the frame")]
+    if with_est:
+        panels.append(("mean_force_error_ev_a", fe_bar, "estimated force MAE of the frame (meV/Å)"))
+    for ax, (key, bar, label) in zip(axes[0], panels):
+        scale = 1e3 if key.endswith("_ev_a") else 1.0
+        bar = scale * bar
+        for k, kind in enumerate(kinds):
+            rs = [r for r in rows if r["kind"] == kind]
+            ax.scatter([scale * r[key] for r in rs], [1e3 * r["force_mae_ev_a"] for r in rs], s=18,
+                       label=kind, marker="o" if kind.startswith("in-domain") else "^", color=plt.cm.tab20(k % 20))
+        ax.axvline(bar, color="k", ls="--", lw=1, label=f"bar {bar:.3g}")
+        ax.axhline(1e3 * bad_mae, color="r", ls=":", lw=1, label="3x card force MAE")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("student force MAE vs teacher (meV/Å)")
+    axes[0][0].set_title(f"{summary['package']}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
+                         f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    if with_est:
+        axes[0][1].set_title(f"bad frames flagged: {summary['bad_flagged_share']:.0%} (distance alone "
+                             f"{summary['bad_flagged_share_by_distance']:.0%}); good in-domain flagged: "
+                             f"{summary['in_domain_good_flagged_share']:.0%}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--package", default="cu-sevennet-v2")
@@ -126,7 +166,12 @@ def main(argv=None):
     p.add_argument("--a0", type=float, default=3.61)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--replot", metavar="JSON", help="only redraw the plot of an earlier run's ood_<package>.json")
     args = p.parse_args(argv)
+    if args.replot:
+        d = json.loads(Path(args.replot).read_text())
+        plot(d["frames"], d["summary"], Path(args.replot).with_suffix(".png"))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -190,33 +235,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"ood_{pkg.name}.json").write_text(json.dumps({"summary": summary, "frames": rows}, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_est = all(r["mean_force_error_ev_a"] is not None for r in rows)
-    fig, axes = plt.subplots(1, 2 if with_est else 1, figsize=(12.0 if with_est else 6.4, 4.8), squeeze=False)
-    kinds = sorted({r["kind"] for r in rows})
-    panels = [("max_uncertainty", threshold, "largest per-atom uncertainty of the frame")]
-    if with_est:
-        panels.append(("mean_force_error_ev_a", fe_bar, "estimated force MAE of the frame (eV/Å)"))
-    for ax, (key, bar, label) in zip(axes[0], panels):
-        for k, kind in enumerate(kinds):
-            rs = [r for r in rows if r["kind"] == kind]
-            ax.scatter([r[key] for r in rs], [1e3 * r["force_mae_ev_a"] for r in rs], s=18,
-                       label=kind, marker="o" if kind.startswith("in-domain") else "^", color=plt.cm.tab10(k % 10))
-        ax.axvline(bar, color="k", ls="--", lw=1, label=f"bar {bar:.3g}")
-        ax.axhline(1e3 * bad_mae, color="r", ls=":", lw=1, label="3x card force MAE")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("student force MAE vs teacher (meV/Å)")
-    axes[0][0].set_title(f"{pkg.name}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
-                         f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out / f"ood_{pkg.name}.png", dpi=120)
+    plot(rows, summary, out / f"ood_{pkg.name}.png")
     print(json.dumps(summary, indent=1))
 
 
