@@ -92,9 +92,13 @@ def fresh_in_domain_frames(package: Path, teacher, n: int, seed_offset: int = 10
     seeds = load_seeds(cfg.seeds)
     tasks = plan_tasks(cfg, seeds)
     rng = np.random.default_rng(seed_offset)
+    # only the protocols the package was trained on: a recipe written before a protocol
+    # existed plans it now by default, and its frames are not in that package's domain
+    trained_on = set(json.loads((package / "card.json").read_text()).get("data", {}).get("protocols") or [])
     by_protocol = {}
     for t in tasks:
-        by_protocol.setdefault(t["protocol"], []).append(t)
+        if not trained_on or t["protocol"] in trained_on:
+            by_protocol.setdefault(t["protocol"], []).append(t)
     per = max(1, n // len(by_protocol))
     out = []
     for proto, ts in sorted(by_protocol.items()):

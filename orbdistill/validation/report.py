@@ -437,7 +437,8 @@ def write_report(summary: dict, out) -> dict:
                f"{cfg['surface_vacuum']:g} Å vacuum). Surface energy: slab relaxed at fixed cell (FIRE, 0.02 eV/Å) against "
                f"each model's own bulk energy. NVT at {cfg['surface_temperature_k']:g} K for {cfg['surface_steps']} steps; "
                "the student is evaluated on frames of the teacher's slab trajectory; 'flagged' is the share of the "
-               "student's own slab frames above its out-of-domain threshold.", "",
+               "student's own slab frames it flags as out of its domain (the uncertainty over its threshold, or the "
+               "estimated force error over its bar).", "",
                _table(["model", "γ (J/m²)", "γ error vs teacher (%)", "mean E_pot (eV/atom)", "F MAE on teacher frames (meV/Å)",
                        "E MAE (meV/atom)", "flagged", "MD failure"], rows), ""]
     if summary.get("defect"):

@@ -498,15 +498,20 @@ def _section_surface(run: ValidationRun) -> None:
                "mean_potential_ev_atom": float(np.mean(res["potential_ev"]) / len(slab)) if res["potential_ev"] else None,
                "frames": res["frames"]}
         if m.role == "student" and getattr(m.calc, "ood_threshold", None) is not None and res["frames"]:
-            scores = []
+            scores, errors, flagged = [], [], []
             for f in mdv.subsample(res["frames"], 10):
                 f = f.copy()
                 f.calc = m.calc
                 f.get_potential_energy()
                 scores.append(float(f.calc.results.get("max_uncertainty", np.nan)))
+                errors.append(float(f.calc.results.get("mean_force_error", np.nan)))
+                flagged.append(bool(m.calc.out_of_domain))  # either signal over its bar, as the calculator decides
             out["max_uncertainty"] = scores
             out["threshold"] = m.calc.ood_threshold
-            out["flagged_fraction"] = float(np.mean(np.array(scores) > m.calc.ood_threshold))
+            if m.calc.force_error_bar is not None:
+                out["mean_force_error_ev_a"] = errors
+                out["force_error_bar_ev_a"] = m.calc.force_error_bar
+            out["flagged_fraction"] = float(np.mean(flagged))
         return out
 
     _per_model(run, "surface", one)
