@@ -161,6 +161,19 @@ def candidates(run: dict, threshold: Optional[float], cfg: OnPolicyConfig,
     return sorted(picked)
 
 
+def flagged_fraction(run: dict, threshold: Optional[float], force_error_bar: Optional[float] = None) -> Optional[float]:
+    """Share of a run's frames out of the domain: the largest uncertainty above ``threshold``
+    or the estimated force MAE above ``force_error_bar`` (as the calculator flags them);
+    None without a threshold."""
+    if not threshold:
+        return None
+    u = np.nan_to_num(np.asarray(run["uncertainty"], dtype=float), nan=0.0)
+    out = u > threshold
+    if force_error_bar is not None and run.get("force_error") is not None:
+        out |= np.nan_to_num(np.asarray(run["force_error"], dtype=float), nan=0.0) > force_error_bar
+    return float(np.mean(out)) if len(out) else 0.0
+
+
 def audit_run(run: dict, picked: Sequence[int], calc, teacher, gcfg, round_index: int, n: int) -> list:
     """``n`` evenly spaced frames of a run that are not in ``picked``, labelled by the
     teacher, each with the student's force MAE against it in ``info["audit_force_mae_mev_a"]``
@@ -298,7 +311,7 @@ def run_onpolicy(source, progress: bool = True, log_fn=print, teacher=None) -> d
                         "steps_completed": res["steps_completed"], "steps": oc.steps, "failed": res["failed"],
                         "frames": len(res["frames"]), "candidates": len(idx),
                         "max_uncertainty": float(np.nanmax(u)) if np.isfinite(u).any() else None,
-                        "flagged_fraction": float(np.mean(u > threshold)) if threshold else None,
+                        "flagged_fraction": flagged_fraction(res, threshold, calc.force_error_bar),
                         "audited": len(audit),
                         "audit_failed": sum(f.info["audit_force_mae_mev_a"] > audit_limit for f in audit),
                         "audit_force_mae_mev_a": (float(np.mean([f.info["audit_force_mae_mev_a"] for f in audit]))

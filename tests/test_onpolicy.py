@@ -45,6 +45,12 @@ def test_divergence_stops_a_run_and_keeps_the_frames_before_it():
     fake["force_error"] = [0.05, 0.01, float("nan"), 0.02]
     assert candidates(fake, 2.0, cfg, force_error_bar=0.03) == [0, 1, 3]
     assert candidates(fake, None, cfg, force_error_bar=0.03) == [0]
+    # a run's flagged share counts a frame once, whichever signal flags it
+    from orbdistill.onpolicy import flagged_fraction
+
+    assert flagged_fraction(fake, 2.0) == 0.5
+    assert flagged_fraction(fake, 2.0, force_error_bar=0.03) == 0.75
+    assert flagged_fraction(fake, None, force_error_bar=0.03) is None
 
 
 def test_an_audit_labels_unpicked_frames_and_measures_the_students_error():
