@@ -107,6 +107,24 @@ def test_force_error_model_fit_recovers_the_exponents_and_scales_it_was_made_wit
         ForceErrorModel.fit(frames[:3])
 
 
+def test_force_error_scales_stay_finite_when_every_frame_has_the_same_composition():
+    """Frames of fixed stoichiometry (two H per O) determine only a mix of the element
+    scales; the fit settles on comparable scales, not an arbitrary split (one near zero)."""
+    from orbdistill.models.domain import ForceErrorModel
+
+    rng = np.random.default_rng(3)
+    truth = ForceErrorModel({8: 0.002, 1: 0.03}, u_exponent=1.0, force_exponent=0.5, force_floor_ev_a=0.05)
+    frames = []
+    for _ in range(80):
+        z = np.array([8, 1, 1] * int(rng.integers(4, 12)))
+        u = np.exp(rng.normal(0.0, 0.5, len(z))) * (1 + 2 * rng.random())
+        f = np.exp(rng.normal(-1.0, 0.6, len(z)))
+        frames.append({"u": u, "force_norm": f, "atomic_numbers": z,
+                       "force_mae": float(truth(u, f, z).mean()) * float(np.exp(rng.normal(0, 0.1)))})
+    fit = ForceErrorModel.fit(frames, force_floor_ev_a=0.05)
+    assert 0.2 < fit.scale[8] / fit.scale[1] < 5.0
+
+
 def test_domain_flags_name_each_reason_and_pass_a_structure_inside_both():
     from orbdistill.models.domain import domain_flags
 

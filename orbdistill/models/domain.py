@@ -223,7 +223,10 @@ class ForceErrorModel:
         def residuals(p):
             log_s, b, c = p[:len(species)], p[-2], p[-1]
             pred = [np.log(np.mean(np.exp(log_s[k] + b * lu + c * lf))) for k, lu, lf in zip(cols, log_u, log_f)]
-            return np.asarray(pred) - target
+            # a weak pull of the element scales toward their mean: where every frame has the same
+            # composition (liquid water), only their combination is determined, and without it
+            # one element's scale can run to zero
+            return np.concatenate([np.asarray(pred) - target, 0.3 * (log_s - log_s.mean())])
 
         p0 = np.concatenate([np.full(len(species), float(np.median(target))), [0.5, 0.5]])
         lower = np.concatenate([np.full(len(species), -np.inf), [0.0, 0.0]])
