@@ -105,6 +105,10 @@ def test_force_error_model_fit_recovers_the_exponents_and_scales_it_was_made_wit
     assert np.isinf(fit(np.array([1.0]), np.array([0.2]), np.array([26]))[0])
     with pytest.raises(ValueError, match="at least 5"):
         ForceErrorModel.fit(frames[:3])
+    # frames whose forces vanish (an isolated atom) are left out, not fitted as an error of zero
+    atom = {"u": np.array([1.0]), "force_norm": np.array([0.0]), "atomic_numbers": np.array([8]), "force_mae": 0.0}
+    with_atoms = ForceErrorModel.fit(frames + [atom] * 20, force_floor_ev_a=0.05)
+    assert with_atoms.u_exponent == pytest.approx(fit.u_exponent, rel=1e-6)
 
 
 def test_force_error_scales_stay_finite_when_every_frame_has_the_same_composition():

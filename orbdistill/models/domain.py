@@ -183,11 +183,14 @@ class ForceErrorModel:
         self.u_exponent = float(u_exponent)
         self.force_exponent = float(force_exponent)
         self.force_floor_ev_a = float(force_floor_ev_a)
+        self._table = np.full(119, np.inf)
+        for z, v in self.scale.items():
+            self._table[z] = v
 
     def __call__(self, u: np.ndarray, force_norm: np.ndarray, atomic_numbers: np.ndarray) -> np.ndarray:
         """Per-atom estimates [N] (eV/Å) from ``u`` [N], ``force_norm`` [N] (eV/Å) and
         ``atomic_numbers`` [N]; an element without a scale gets ``inf``."""
-        s = np.array([self.scale.get(int(z), np.inf) for z in np.asarray(atomic_numbers).ravel()])
+        s = self._table[np.asarray(atomic_numbers).ravel()]  # per-step: one gather, no Python loop over atoms
         u = np.maximum(np.asarray(u, dtype=float), 1e-6)
         f = np.asarray(force_norm, dtype=float) + self.force_floor_ev_a
         return s * u ** self.u_exponent * f ** self.force_exponent
@@ -208,6 +211,9 @@ class ForceErrorModel:
         (eV/Å). ``f0`` defaults to a quarter of the median predicted force norm."""
         from scipy.optimize import least_squares
 
+        # a frame whose forces vanish by symmetry (an isolated atom, an element's reference
+        # cell) has a force MAE of zero and says nothing about the error's scale
+        frames = [fr for fr in frames if float(fr["force_mae"]) > 1e-9]
         if len(frames) < 5:
             raise ValueError(f"Fitting the force-error model needs at least 5 held-out frames, got {len(frames)}.")
         species = sorted({int(z) for fr in frames for z in np.asarray(fr["atomic_numbers"]).ravel()})
@@ -288,6 +294,7 @@ def calibrate_force_error(model, domain: DomainModel, held_out, force_mae_ev_a: 
 
     frames = held_out_errors(model, domain, held_out)
     em = ForceErrorModel.fit(frames)
+    frames = [fr for fr in frames if fr["force_mae"] > 1e-9]  # as the fit: zero-force frames carry no scale
     mae = np.array([fr["force_mae"] for fr in frames])
     est = np.array([float(em(fr["u"], fr["force_norm"], fr["atomic_numbers"]).mean()) for fr in frames])
     if force_mae_ev_a is None:
