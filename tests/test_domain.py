@@ -178,3 +178,33 @@ def test_calculator_reports_force_errors_and_warns_when_the_estimate_crosses_the
         warnings.simplefilter("error")
         atoms.get_forces()
     assert atoms.calc.out_of_domain == []
+
+
+def test_recalibrating_a_package_rewrites_its_card_sections_and_keeps_hand_written_ones(tmp_path):
+    """write_domain (used by `orbdistill calibrate` and the on-policy rounds) rewrites the README
+    from the card: generated sections follow the new calibration, a section a person added
+    after packaging survives, and a stale copy of a generated section does not."""
+    import shutil
+    from pathlib import Path
+
+    from orbdistill.export.package import write_domain
+    from orbdistill.models.domain import DOMAIN_FILE
+    from orbdistill.packages import read_card
+
+    src = Path(__file__).resolve().parents[1] / "calculators" / "cu-sevennet-v2"
+    pkg = tmp_path / "cu-test"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("*.onnx", "*.torchscript", "*.lammps.pt"))
+    readme = pkg / "README.md"
+    note = "## Known limits\n\n- Cu2 dimers are flagged (u 20.2); measured by hand.\n"
+    old = readme.read_text()
+    stale = old.replace("| bulk | 181 |", "| bulk | 999 |")  # a hand edit inside a generated section
+    assert stale != old
+    readme.write_text(stale.rstrip("\n") + "\n\n" + note)
+    domain = DomainModel.from_state(torch.load(pkg / DOMAIN_FILE, weights_only=False))
+    info = {**read_card(pkg)["domain"]["ood"], "threshold": 123.45}
+    write_domain(pkg, domain, info)
+    text = readme.read_text()
+    assert "out-of-domain threshold | 123.45" in text and "7.93" not in text.split("## Held-out")[0]
+    assert text.rstrip("\n").endswith(note.rstrip("\n"))
+    assert text.count("## Known limits") == 1 and text.count("## Held-out errors") == 1
+    assert "| bulk | 181 |" in text and "| bulk | 999 |" not in text

@@ -69,8 +69,40 @@ def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dic
         f = Path(f)
         if f.exists():
             shutil.copyfile(f, out / f.name)
-    atomic_write_text(out / "README.md", card_markdown(full))
+    _write_readme(out, full)
     return out
+
+
+def _sections(text: str) -> list:
+    """``text`` cut at its level-2 headings: ``[(heading, block), ...]``, the block including
+    its heading line; what comes before the first heading has the heading ``None``."""
+    out, heading, block = [], None, []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            out.append((heading, "".join(block)))
+            heading, block = line[3:].strip(), []
+        block.append(line)
+    out.append((heading, "".join(block)))
+    return out
+
+
+def readme_text(card: dict, previous: Optional[str] = None) -> str:
+    """The package README for ``card``: :func:`card_markdown`, followed by every level-2 section
+    of ``previous`` (the README being replaced) that the card does not write itself, in their
+    order. Notes a person added to a package (known limits, measurements made after packaging)
+    so survive a recalibration or a retraining; a section the card writes is always rewritten."""
+    text = card_markdown(card)
+    if not previous:
+        return text
+    generated = {h for h, _ in _sections(text) if h is not None}
+    kept = [block.rstrip("\n") + "\n" for h, block in _sections(previous) if h is not None and h not in generated]
+    return text if not kept else text.rstrip("\n") + "\n\n" + "\n".join(kept)
+
+
+def _write_readme(out: Path, card: dict) -> None:
+    path = out / "README.md"
+    previous = path.read_text(encoding="utf-8") if path.exists() else None
+    atomic_write_text(path, readme_text(card, previous))
 
 
 def _domain_files(out: Path, card: dict, domain, info: Optional[dict]) -> None:
@@ -93,7 +125,7 @@ def write_domain(package, domain, info: Optional[dict] = None) -> None:
     card["weights_sha256"] = weights_sha256(out)
     _domain_files(out, card, domain, info)
     write_card(out, card)
-    atomic_write_text(out / "README.md", card_markdown(card))
+    _write_readme(out, card)
 
 
 def _coverage_text(c: dict) -> str:
@@ -120,6 +152,22 @@ def _coverage_text(c: dict) -> str:
     if c.get("sizes"):
         parts.append("cells of ~" + ", ".join(str(n) for n in c["sizes"]) + " atoms")
     return "; ".join(parts) or "-"
+
+
+def _wall_time_text(card: dict) -> str:
+    """What the distillation cost: labelling as it ran (also when a later run reused the data),
+    the sampler's MD when another model sampled the configurations, and training."""
+    t = card.get("timing") or {}
+    parts = []
+    label_s = t.get("data_tasks_s", t.get("generate_s"))
+    if label_s is not None:
+        parts.append(f"labelling {label_s:,.0f} s")
+    if t.get("sampler_tasks_s") is not None:
+        parts.append(f"sampler MD {t['sampler_tasks_s']:,.0f} s")
+    if t.get("train_s") is not None:
+        epochs = (card.get("training") or {}).get("epochs_run")
+        parts.append(f"training {t['train_s']:,.0f} s" + (f" ({epochs} epochs)" if epochs else ""))
+    return ", ".join(parts)
 
 
 def card_markdown(card: dict) -> str:
@@ -159,8 +207,16 @@ def card_markdown(card: dict) -> str:
     if d:
         lines.append(f"| training data | {d.get('n_frames')} frames ({d.get('n_train')} train, {d.get('n_val')} validation, "
                      f"{d.get('n_test')} test); protocols {', '.join(d.get('protocols', []))} |")
-    if card.get("timing"):
-        lines.append("| wall time | " + ", ".join(f"{k} {v:.0f} s" for k, v in card["timing"].items()) + " |")
+    wall = _wall_time_text(card)
+    if wall:
+        lines.append(f"| wall time | {wall} |")
+    if card.get("timing_note"):
+        lines.append(f"| how the time was spent | {card['timing_note']} |")
+    sp = card.get("speed")
+    if sp and sp.get("speedup"):
+        lines.append(f"| speed-up over the teacher | {sp['speedup']:.0f}x ({sp.get('formula', '?')}, "
+                     f"{sp['student_ms_per_step']:,.1f} ms against {sp['teacher_ms_per_step']:,.0f} ms per MD step, "
+                     f"{sp.get('threads', '?')} threads) |")
     by_group = m.get("by_group") or {}
     if by_group:
         lines += ["", "## Held-out errors by kind of structure", "",
