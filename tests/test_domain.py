@@ -208,3 +208,11 @@ def test_recalibrating_a_package_rewrites_its_card_sections_and_keeps_hand_writt
     assert text.rstrip("\n").endswith(note.rstrip("\n"))
     assert text.count("## Known limits") == 1 and text.count("## Held-out errors") == 1
     assert "| bulk | 181 |" in text and "| bulk | 999 |" not in text
+    # a card without the coverage table (a package retrained on other data) drops the old table
+    from orbdistill.export.package import CARD_SECTIONS, card_markdown, readme_text
+
+    card = read_card(pkg)
+    card.pop("coverage")
+    assert "## Domain covered" not in readme_text(card, text)
+    assert "## Known limits" in readme_text(card, text)
+    assert {h[3:] for h in card_markdown(read_card(pkg)).splitlines() if h.startswith("## ")} <= CARD_SECTIONS

@@ -73,6 +73,10 @@ def write_package(model: StudentModel, out_dir, card: dict, config: Optional[dic
     return out
 
 
+#: the level-2 headings :func:`card_markdown` writes (when the card has their content)
+CARD_SECTIONS = {"Held-out errors by kind of structure", "Domain covered by the training data", "Use", "Plots"}
+
+
 def _sections(text: str) -> list:
     """``text`` cut at its level-2 headings: ``[(heading, block), ...]``, the block including
     its heading line; what comes before the first heading has the heading ``None``."""
@@ -94,7 +98,9 @@ def readme_text(card: dict, previous: Optional[str] = None) -> str:
     text = card_markdown(card)
     if not previous:
         return text
-    generated = {h for h, _ in _sections(text) if h is not None}
+    # every heading the card can write, also those this card leaves out (a package retrained
+    # without coverage data has no coverage table: the old one must not survive as a "note")
+    generated = {h for h, _ in _sections(text) if h is not None} | CARD_SECTIONS
     kept = [block.rstrip("\n") + "\n" for h, block in _sections(previous) if h is not None and h not in generated]
     return text if not kept else text.rstrip("\n") + "\n\n" + "\n".join(kept)
 
