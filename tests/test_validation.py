@@ -558,3 +558,27 @@ def test_a_gap_to_the_teacher_is_told_apart_from_seed_to_seed_noise():
     noise = float(np.mean(same))
     assert suite.within_sampling_noise(mdv.rdf_overlap(noisy_g(), noisy_g()), noise)
     assert not suite.within_sampling_noise(mdv.rdf_overlap(noisy_g(), noisy_g(shift=0.1)), noise)
+
+
+def test_slab_force_target_compares_with_bulk_md_at_the_slab_temperature():
+    """The slab's force MAE is held against the bulk's at the slab's temperature (interpolated
+    between the MD temperatures), not against the hottest bulk run's larger error."""
+    from orbdistill.validation.suite import _bulk_force_mae_at, _targets
+
+    def parity(f):
+        return {"models": {"s": {"parity_on_teacher_frames": {"force_mae_mev_a": f}}}}
+
+    summary = {"students": ["s"], "models": {"s": {"card_metrics": {"force_mae_mev_a": 30.0}}},
+               "config": {"surface_temperature_k": 600.0, "surface_steps": 10},
+               "md": {"300K": {"temperature_k": 300.0, **parity(16.0)}, "900K": {"temperature_k": 900.0, **parity(32.0)}},
+               "surface": {"s": {"facet": "(1,1,1)", "md_failed": None,
+                                 "parity_on_teacher_frames": {"force_mae_mev_a": 58.0},
+                                 "surface_energy_rel_error": 0.01}}}
+    assert _bulk_force_mae_at(summary, "s", 600.0) == pytest.approx(24.0)
+    assert _bulk_force_mae_at(summary, "s", 1500.0) == pytest.approx(32.0)  # held constant outside
+    row = [r for r in _targets(summary, "t") if "force MAE within 2x" in r["target"]][0]
+    assert not row["pass"] and "24.0 meV/Å of bulk MD at 600 K" in row["detail"]  # 58 > 2 x 24, though < 2 x 32
+    summary["surface"]["s"]["parity_on_teacher_frames"]["force_mae_mev_a"] = 47.0
+    assert [r for r in _targets(summary, "t") if "force MAE within 2x" in r["target"]][0]["pass"]
+    del summary["md"]  # no MD section: the card's held-out MAE
+    assert _bulk_force_mae_at(summary, "s", 600.0) == 30.0
