@@ -117,6 +117,33 @@ def test_clusters_are_compact_and_not_periodic(n):
     assert (c.cell.lengths() - np.ptp(c.positions, axis=0) >= 12.0 - 1e-6).all()
 
 
+def test_irregular_cluster_shapes():
+    """``cluster_shapes`` adds cuts centred off an atom: other shapes, same size, more
+    undercoordinated atoms; the atom-centred task keeps its plan (old data resumes)."""
+    from ase.neighborlist import neighbor_list
+
+    one = [t for t in plan_tasks(GenerateConfig(seeds=["x"], cluster_sizes=[38]), [CU]) if t["protocol"] == "cluster"]
+    three = [t for t in plan_tasks(GenerateConfig(seeds=["x"], cluster_sizes=[38], cluster_shapes=3), [CU])
+             if t["protocol"] == "cluster"]
+    assert len(three) == 3 * len(one)
+    first = [t for t in three if "cluster_shape" not in t]
+    assert [t["rng_seed"] for t in first] == [t["rng_seed"] for t in one]
+    assert sorted({t.get("cluster_shape", 0) for t in three}) == [0, 1, 2]
+
+    def coordination(c):
+        return np.bincount(neighbor_list("i", c, 3.0), minlength=len(c))
+
+    sym = make_cluster(CU, 38)
+    shapes = [make_cluster(CU, 38, rng=np.random.default_rng(k)) for k in range(4)]
+    for c in shapes:
+        assert len(c) == 38 and not c.pbc.any()
+        assert min_pair_distance(c, 3.0) == pytest.approx(3.61 / np.sqrt(2))  # cut from the crystal, not squeezed
+        assert (c.cell.lengths() - np.ptp(c.positions, axis=0) >= 12.0 - 1e-6).all()
+    # not the symmetric cut, and not all alike
+    assert any(sorted(coordination(c)) != sorted(coordination(sym)) for c in shapes)
+    assert len({tuple(sorted(coordination(c))) for c in shapes}) > 1
+
+
 def test_molecular_seeds_keep_molecules_whole():
     box = water_box()
     whole, mol = whole_molecules(box)

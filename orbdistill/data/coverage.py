@@ -353,10 +353,16 @@ def reference_crystal(symbol: str) -> Atoms:
 # --------------------------------------------------------------------------------------
 
 
-def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: bool = False) -> Atoms:
+def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: bool = False,
+                 rng: Optional[np.random.Generator] = None) -> Atoms:
     """A non-periodic cluster of about ``n_atoms`` atoms cut from the bulk around an atom
     (the ``n_atoms`` atoms nearest to it; for molecular seeds, the whole molecules nearest
     to it), in a box with ``vacuum`` Å around it.
+
+    With ``rng`` the cut is centred on a random point within one nearest-neighbour
+    distance of that atom instead: an irregular cluster (steps, adatoms, facets of several
+    kinds) rather than the symmetric shell of an atom-centred cut, which is what
+    nanoparticles in MD look like.
 
     >>> from ase.build import bulk
     >>> c = make_cluster(bulk("Cu", "fcc", a=3.61, cubic=True), 13)
@@ -373,6 +379,10 @@ def make_cluster(seed: Atoms, n_atoms: int, vacuum: float = 12.0, molecular: boo
     pos = big.positions
     centre_atom = int(np.argmin(np.linalg.norm(pos - centre_cell, axis=1)))
     centre = pos[centre_atom]
+    if rng is not None:
+        d_nn = np.sort(np.linalg.norm(pos - centre, axis=1))[1]
+        direction = rng.normal(size=3)
+        centre = centre + direction / np.linalg.norm(direction) * d_nn * rng.uniform(0.3, 1.0) ** (1 / 3)
     if mol is None:
         d = np.linalg.norm(pos - centre, axis=1)
         keep = np.argsort(d, kind="stable")[:n_atoms]

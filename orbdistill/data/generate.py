@@ -95,7 +95,7 @@ def protocol_group(protocol: str) -> str:
     return PROTOCOL_GROUPS.get(protocol, protocol)
 
 # provenance keys copied from a task into every frame's info
-PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "volume_scale", "element")
+PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "cluster_shape", "volume_scale", "element")
 
 
 @config_dataclass
@@ -147,6 +147,9 @@ class GenerateConfig:
     cluster_sizes: List[Annotated[int, Field(ge=2)]] = field(default_factory=lambda: [13, 38, 55])
     cluster_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 700.0])
     cluster_frames: NonNegativeInt = 20
+    # cuts per size and temperature: the first centred on an atom, the others on random
+    # points near it (irregular clusters; more cluster environments per size)
+    cluster_shapes: PositiveInt = 1
     cluster_relax_steps: NonNegativeInt = 6
     melting_point_k: Optional[PositiveFloat] = None
     hot_temperature_factors: List[PositiveFloat] = field(default_factory=lambda: [0.8, 1.25])
@@ -245,8 +248,11 @@ def plan_tasks(cfg: GenerateConfig, seeds: Union[int, Sequence[Atoms]]) -> List[
         if "cluster" in applies and (cfg.cluster_frames or cfg.cluster_relax_steps):
             for n in cfg.cluster_sizes:
                 for t in cfg.cluster_temperatures_k:
-                    add(protocol="cluster", seed_index=s, seed_kind=kind, cluster_size=int(n),
-                        temperature_K=float(t), n_frames=cfg.cluster_frames)
+                    for shape in range(cfg.cluster_shapes):
+                        # shape 0 keeps the key (and so the id and seed) of data made before the option
+                        add(protocol="cluster", seed_index=s, seed_kind=kind, cluster_size=int(n),
+                            temperature_K=float(t), n_frames=cfg.cluster_frames,
+                            **({"cluster_shape": shape} if shape else {}))
         if "hot" in applies and cfg.hot_frames:
             tm, source = (cfg.melting_point_k, "configured") if cfg.melting_point_k else \
                 estimated_melting_point(seeds[s])
@@ -413,7 +419,8 @@ def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> 
     if proto == "defect":
         return make_defect(supercell(seed, task["size"], at_least=False), task["defect"], rng)
     if proto == "cluster":
-        return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular")
+        return make_cluster(seed, task["cluster_size"], cfg.vacuum, molecular=task["seed_kind"] == "molecular",
+                            rng=rng if task.get("cluster_shape") else None)
     if proto == "reference":
         from .coverage import reference_crystal
 
