@@ -300,6 +300,17 @@ def test_a_data_folder_is_extended_with_new_values_and_keeps_its_finished_tasks(
     with pytest.raises(ValueError, match="lost"):
         generate(GenerateConfig(**{**base, "cluster_sizes": [19], "nvt_temperatures_k": [300.0, 600.0]}), teacher,
                  data, progress=False, extend=True)
+    # more cluster shapes extend too (the atom-centred cuts kept); fewer cannot
+    shapes = GenerateConfig(**{**base, "cluster_sizes": [13, 19], "nvt_temperatures_k": [300.0, 600.0],
+                               "cluster_shapes": 2})
+    more = generate(shapes, teacher, data, progress=False, extend=True)
+    assert more["extensions"][-1]["added"] == {"cluster_shapes": 1} and len(more["tasks"]) == 6
+    for tid, content in files.items():
+        assert (data / more["tasks"][tid]["file"]).read_bytes() == content
+    assert {a.info.get("cluster_shape", 0) for a in read_frames(data) if a.info["protocol"] == "cluster"} == {0, 1}
+    with pytest.raises(ValueError, match="can only raise"):
+        generate(GenerateConfig(**{**base, "cluster_sizes": [13, 19], "nvt_temperatures_k": [300.0, 600.0]}),
+                 teacher, data, progress=False, extend=True)
 
 
 def test_reference_phases_put_each_element_of_a_compound_on_its_own(tmp_path):

@@ -620,7 +620,9 @@ def check_teacher_covers(teacher, seeds: List[Atoms]) -> None:
 #: generate options that name what to cover: a data folder may be extended by adding values to them
 EXTENDABLE = ("nvt_temperatures_k", "npt_pressures_gpa", "coverage", "surface_millers", "surface_temperatures_k",
               "defect_kinds", "defect_temperatures_k", "cluster_sizes", "cluster_temperatures_k",
-              "hot_temperature_factors", "volume_scales")
+              "hot_temperature_factors", "volume_scales", "cluster_shapes")
+#: the counts among them: a data folder is extended by raising them
+_EXTENDABLE_COUNTS = ("cluster_shapes",)
 
 #: what a manifest records of a finished task besides its plan
 _RESULT_KEYS = ("file", "frames", "rejected", "deselected", "seconds", "sampler_seconds")
@@ -637,6 +639,11 @@ def _extension_changes(stored: dict, new: dict) -> dict:
         if key not in EXTENDABLE:
             raise ValueError(f"generate.{key} changed ({old!r} -> {now!r}); only values added to "
                              f"{', '.join(EXTENDABLE)} can extend a data folder.")
+        if key in _EXTENDABLE_COUNTS:
+            if now < old:
+                raise ValueError(f"generate.{key} fell from {old} to {now}; extending can only raise it.")
+            changes[key] = (old, now)
+            continue
         missing = [v for v in (old or []) if v not in (now or [])]
         if missing:
             raise ValueError(f"generate.{key} lost {missing!r}; extending keeps every value the data were made with.")
@@ -731,8 +738,9 @@ def generate(cfg: GenerateConfig, teacher, out_dir, progress: bool = True, max_t
             changes = _extension_changes(stored, cfg_dict)
             tasks = _adopt_finished(tasks, manifest["tasks"])
             manifest.setdefault("extensions", []).append(
-                {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "added": {k: [v for v in new if v not in (old or [])]
-                                                                     for k, (old, new) in changes.items()}})
+                {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "added": {k: (new - old if k in _EXTENDABLE_COUNTS else [v for v in new if v not in (old or [])])
+                           for k, (old, new) in changes.items()}})
             manifest["config"] = cfg_dict
             _atomic_write_json(manifest_path, manifest)
         elif manifest.get("extensions"):  # resuming an extended folder: keep the ids it adopted
