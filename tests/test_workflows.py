@@ -17,7 +17,7 @@ TINY_GENERATE = {"sizes": [8], "protocol_sizes": {}, "nvt_temperatures_k": [600.
                  "strain_frames_per_task": 2, "rattle_relax_frames": 0, "relax_trajectories": 0,
                  "coverage": ["surface", "cluster"], "surface_millers": [[1, 1, 1]], "surface_temperatures_k": [600.0],
                  "surface_frames": 2, "surface_rattle_relax_starts": 0, "cluster_sizes": [13],
-                 "cluster_temperatures_k": [600.0], "cluster_frames": 2, "cluster_relax_steps": 1}
+                 "cluster_temperatures_k": [600.0], "cluster_shapes": 1, "cluster_frames": 2, "cluster_relax_steps": 1}
 
 
 def shrink(cfg, tmp_path, **train):
