@@ -925,9 +925,9 @@ def _targets(summary: dict, teacher: str) -> list:
                          "value": par["force_mae_mev_a"],
                          "pass": _within_bulk(summary, name, par["force_mae_mev_a"], t_slab),
                          "detail": "meV/Å on the teacher's slab NVT frames, against "
-                                   + ("-" if bulk is None else f"{bulk:.1f}") + f" meV/Å of bulk MD at {t_slab:g} K"
-                                   + (" (interpolated between the MD temperatures)" if summary.get("md") else
-                                      " (the card's held-out MAE: no MD section)")})
+                                   + ("-" if bulk is None else f"{bulk:.1f} meV/Å")
+                                   + (f" of bulk MD at {t_slab:g} K (interpolated between the MD temperatures)"
+                                      if summary.get("md") else ", the card's held-out MAE (no MD section)")})
             rows.append({"model": name, "target": "surface energy within 10 % of the teacher",
                          "value": 100 * surf["surface_energy_rel_error"], "pass": abs(surf["surface_energy_rel_error"]) < 0.1,
                          "detail": "relative difference, % (relaxed slab, each model's own bulk energy)"})
