@@ -1,5 +1,7 @@
 """The per-atom out-of-domain signal: what it measures and that it is invariant."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -197,17 +199,19 @@ def test_recalibrating_a_package_rewrites_its_card_sections_and_keeps_hand_writt
     readme = pkg / "README.md"
     note = "## Known limits\n\n- Cu2 dimers are flagged (u 20.2); measured by hand.\n"
     old = readme.read_text()
-    stale = old.replace("| bulk | 181 |", "| bulk | 999 |")  # a hand edit inside a generated section
-    assert stale != old
+    bulk_row = re.search(r"\| bulk \| \d+ \|", old).group(0)  # the held-out table's bulk row: frame count
+    old_threshold = f"{read_card(pkg)['domain']['ood']['threshold']:.2f}"
+    stale = old.replace(bulk_row, "| bulk | 999 |")  # a hand edit inside a generated section
+    assert stale != old and old_threshold in old.split("## Held-out")[0]
     readme.write_text(stale.rstrip("\n") + "\n\n" + note)
     domain = DomainModel.from_state(torch.load(pkg / DOMAIN_FILE, weights_only=False))
     info = {**read_card(pkg)["domain"]["ood"], "threshold": 123.45}
     write_domain(pkg, domain, info)
     text = readme.read_text()
-    assert "out-of-domain threshold | 123.45" in text and "7.93" not in text.split("## Held-out")[0]
+    assert "out-of-domain threshold | 123.45" in text and old_threshold not in text.split("## Held-out")[0]
     assert text.rstrip("\n").endswith(note.rstrip("\n"))
     assert text.count("## Known limits") == 1 and text.count("## Held-out errors") == 1
-    assert "| bulk | 181 |" in text and "| bulk | 999 |" not in text
+    assert bulk_row in text and "| bulk | 999 |" not in text
     # a card without the coverage table (a package retrained on other data) drops the old table
     from orbdistill.export.package import CARD_SECTIONS, card_markdown, readme_text
 
