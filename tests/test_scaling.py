@@ -88,17 +88,22 @@ def test_a_worker_killed_mid_run_loses_no_task_and_duplicates_none(tmp_path, ser
     killed = {}
 
     def kill_one_worker_once_work_is_under_way():
-        while not (manifest.exists() and json.loads(manifest.read_text())["tasks"]):
-            time.sleep(0.05)
-        worker = sorted(cluster.scheduler_info()["workers"])[0]
-        killed["worker"] = worker
-        killed["tasks_done"] = len(json.loads(manifest.read_text())["tasks"])
-        cluster.run(lambda: os._exit(1), workers=[worker], wait=False)
+        try:
+            while not (manifest.exists() and json.loads(manifest.read_text())["tasks"]):
+                time.sleep(0.05)
+            worker = sorted(cluster.scheduler_info()["workers"])[0]
+            killed["worker"] = worker
+            killed["tasks_done"] = len(json.loads(manifest.read_text())["tasks"])
+            cluster.run(lambda: os._exit(1), workers=[worker], wait=False)
+        except Exception as exc:  # a thread's exception would otherwise vanish (pytest ignores UserWarning)
+            killed["error"] = repr(exc)
 
+    cluster.wait_for_workers(2, timeout=60)  # both workers up before one is killed
     th = threading.Thread(target=kill_one_worker_once_work_is_under_way)
     th.start()
     m = run_generate(cfg, progress=False, client=cluster)
     th.join()
+    assert "error" not in killed, killed["error"]
     assert killed and killed["tasks_done"] < len(ref) and m["complete"]  # killed while tasks were left
     chunks = sorted(p.name for p in (Path(cfg["work_dir"]) / "data" / "chunks").glob("*.extxyz"))
     assert len(chunks) == len(m["tasks"]) == len(ref)  # every task once
