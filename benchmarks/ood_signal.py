@@ -1,12 +1,15 @@
 """Does the out-of-domain signal flag the structures where a student is wrong?
 
     python benchmarks/ood_signal.py --package cu-sevennet-v2 --teacher sevennet-0 \
-        [--n-in-domain 60] [--out benchmarks/results]
+        [--n-in-domain 60] [--probes auto|cu|generic] [--tag SUFFIX] [--out benchmarks/results]
 
-Probe frames the student never saw, labelled by the teacher: low-index slabs (100), (110),
-(111) (rattled), clusters (13, 55, 147-atom icosahedra and a 38-atom octahedron), vacancies
-and interstitials in bulk, hot bulk beyond the training temperatures, compressed and
-expanded cells beyond the strain range; and in-domain frames: fresh trajectories of the
+Probe frames the student never saw, labelled by the teacher. For a Cu package (``--probes
+cu``): low-index slabs (100), (110), (111) (rattled), clusters (13, 55, 147-atom icosahedra
+and a 38-atom octahedron), vacancies and interstitials in bulk, hot bulk beyond the training
+temperatures, compressed and expanded cells beyond the strain range. For any other package
+(``--probes generic``) the same kinds built from its recipe's seed crystal: slabs of every
+facet up to Miller index 2 (polar ones too) and of the primitive cell's (100), off-centre
+clusters of 10, 30 and 60 atoms, every point defect of the composition. In-domain frames: fresh trajectories of the
 package's own recipe run with another random seed, one of each protocol (seen neither by
 the domain fit, which uses the training frames, nor by its calibration, which uses the
 validation and test frames); rattled bulk for a package without a recipe.
@@ -73,6 +76,75 @@ def probe_frames(a0: float, seed: int = 0):
         s.rattle(0.03, seed=7)
         out.append(("compressed" if scale < 1 else "expanded", s))
     return out
+
+
+def generic_probe_frames(seed, seed_index: int = 0, target_atoms: int = 64, rng_seed: int = 0):
+    """(kind, atoms) probes for any seed crystal, built with the library's own coverage
+    builders but with other sizes, cuts and facets than a recipe's defaults: slabs of every
+    facet with Miller indices up to 2 (including polar ones, tagged ``slab(hkl)``), the
+    "(100)" slab of the *primitive* cell (in rock salt or fcc a {111} slab: the cut a user
+    who reaches for ``ase.build.surface`` on the primitive cell gets), clusters of 10, 30 and
+    60 atoms cut off-centre, every point defect of the composition, hot rattles, and cells
+    compressed and expanded beyond the strain range. A molecular seed gets only clusters of
+    whole molecules, hot rattles and volume changes (its slabs are liquid interfaces).
+    """
+    from ase.build import surface
+
+    from orbdistill.data.coverage import (conventional_cell, defect_kinds_for, make_cluster, make_defect,
+                                          make_slab, seed_kind)
+    from orbdistill.structures import supercell
+
+    rng = np.random.default_rng(rng_seed)
+    kind = seed_kind(seed)
+    cell = supercell(seed, target_atoms, at_least=True)
+    out = []
+    if kind == "bulk":
+        millers = [(1, 0, 0), (1, 1, 0), (1, 1, 1), (2, 1, 0), (2, 1, 1), (2, 2, 1)]
+        for m in millers:
+            slab = make_slab(seed, m, target_atoms)
+            for amp in (0.02, 0.05):
+                s = slab.copy()
+                s.rattle(amp, seed=int(rng.integers(1 << 30)))
+                out.append((f"slab({''.join(map(str, m))})", s))
+        prim = surface(seed, (1, 0, 0), 4, vacuum=6.0, periodic=True)
+        prim = prim.repeat((max(1, round((target_atoms / len(prim)) ** 0.5)),) * 2 + (1,))
+        for amp in (0.02, 0.05):
+            s = prim.copy()
+            s.rattle(amp, seed=int(rng.integers(1 << 30)))
+            out.append(("slab(primitive 100)", s))
+        for d in defect_kinds_for(cell, ("vacancy", "interstitial", "antisite")):
+            v = make_defect(cell, d, rng)
+            v.rattle(0.03, seed=int(rng.integers(1 << 30)))
+            out.append((d, v))
+    for n in (10, 30, 60):
+        c = make_cluster(conventional_cell(seed) if kind == "bulk" else seed, n, molecular=kind == "molecular", rng=rng)
+        c.rattle(0.03, seed=int(rng.integers(1 << 30)))
+        out.append(("cluster", c))
+    for k, sigma in enumerate((0.25, 0.35)):
+        h = cell.copy()
+        h.rattle(sigma if kind == "bulk" else sigma / 2, seed=100 + k)
+        out.append(("hot", h))
+    for scale in (0.88, 0.92, 1.08, 1.12):
+        s = cell.copy()
+        s.set_cell(s.cell.array * scale, scale_atoms=True)
+        s.rattle(0.03, seed=7)
+        out.append(("compressed" if scale < 1 else "expanded", s))
+    return out
+
+
+def package_seed(package: Path):
+    """The first seed structure of a package's recipe (``config.json``), or None."""
+    from orbdistill.data.seeds import load_seeds
+
+    cfg = package / "config.json"
+    if not cfg.exists():
+        return None
+    seeds = json.loads(cfg.read_text())["generate"].get("seeds") or []
+    if not seeds or not isinstance(seeds[0], str):
+        return None
+    repo = Path(__file__).resolve().parents[1]
+    path = seeds[0] if Path(seeds[0]).exists() else str(repo / "data" / "structures" / Path(seeds[0]).name)
+    return load_seeds([path])[0]
 
 
 def fresh_in_domain_frames(package: Path, teacher, n: int, seed_offset: int = 1000):
@@ -168,6 +240,12 @@ def main(argv=None):
     p.add_argument("--n-in-domain", type=int, default=60,
                    help="in-domain frames, from fresh trajectories of the package's own recipe")
     p.add_argument("--a0", type=float, default=3.61)
+    p.add_argument("--probes", choices=("auto", "cu", "generic"), default="auto",
+                   help="probe structures: 'cu' the fcc Cu set (slabs from fcc100/110/111, icosahedra...), "
+                        "'generic' built from the package's seed crystal (every facet up to Miller index 2, "
+                        "the primitive cell's (100) slab, off-centre clusters, every point defect); "
+                        "'auto': 'cu' for a Cu-only package, else 'generic'")
+    p.add_argument("--tag", default="", help="suffix of the output files")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--replot", metavar="JSON", help="only redraw the plot of an earlier run's ood_<package>.json")
@@ -192,20 +270,34 @@ def main(argv=None):
     rows = []
     t0 = time.perf_counter()
     fresh = (pkg / "config.json").exists()
+    probes = args.probes
+    if probes == "auto":
+        probes = "cu" if card.get("species") == ["Cu"] else "generic"
+    if probes == "generic":
+        seed = package_seed(pkg)
+        if seed is None:
+            raise SystemExit(f"{pkg}: no seed structure in config.json; generic probes need one (use --probes cu)")
+        probe = generic_probe_frames(seed)
+    else:
+        probe = probe_frames(args.a0)
+    if not fresh and probes != "cu":
+        raise SystemExit(f"{pkg}: no recipe (config.json) to draw in-domain frames from")
     frames = (fresh_in_domain_frames(pkg, teacher, args.n_in_domain) if fresh
-              else rattled_bulk_frames(args.n_in_domain, args.a0)) + probe_frames(args.a0)
+              else rattled_bulk_frames(args.n_in_domain, args.a0)) + probe
     for kind, atoms in frames:
         a = atoms.copy()
         if fresh and kind.startswith("in-domain") and atoms.calc is not None:
-            f_ref = atoms.get_forces()
+            f_ref, e_ref = atoms.get_forces(), atoms.get_potential_energy()
         else:
             (pred,) = teacher.predict([a])
-            f_ref = pred.forces
+            f_ref, e_ref = pred.forces, pred.energy
         a.calc = student
         f = a.get_forces()
+        e_err = 1e3 * (a.get_potential_energy() - float(e_ref)) / len(a)
         u = a.calc.results["max_uncertainty"]
         est = a.calc.results.get("mean_force_error")
         rows.append({"kind": kind, "n_atoms": len(a), "force_mae_ev_a": float(np.abs(f - f_ref).mean()),
+                     "energy_error_mev_atom": float(e_err),
                      "max_uncertainty": float(u), "mean_force_error_ev_a": est,
                      "flagged": bool(a.calc.out_of_domain), "flagged_by_distance": bool(u > threshold),
                      "flagged_by_force_error": bool(est is not None and est > fe_bar)})
@@ -228,18 +320,19 @@ def main(argv=None):
         "bad_flagged_share_by_force_error": share(bad, "flagged_by_force_error"),
         "in_domain_bad_frames": len(rows_in) - len(good_in),
         "in_domain_good_frames": len(good_in), "in_domain_good_flagged_share": share(good_in),
-        "per_kind": {}, "seconds": seconds, "threads": args.threads,
+        "per_kind": {}, "seconds": seconds, "threads": args.threads, "probes": probes,
     }
     for kind in sorted({r["kind"] for r in rows}):
         rs = [r for r in rows if r["kind"] == kind]
         summary["per_kind"][kind] = {"frames": len(rs), "force_mae_ev_a_median": float(np.median([r["force_mae_ev_a"] for r in rs])),
                                      "max_uncertainty_median": float(np.median([r["max_uncertainty"] for r in rs])),
+                                     "energy_error_mev_atom_median_abs": float(np.median([abs(r["energy_error_mev_atom"]) for r in rs])),
                                      "flagged_share": float(np.mean([r["flagged"] for r in rs])),
                                      "bad_share": float(np.mean([r["force_mae_ev_a"] > bad_mae for r in rs]))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"ood_{pkg.name}.json").write_text(json.dumps({"summary": summary, "frames": rows}, indent=1))
-    plot(rows, summary, out / f"ood_{pkg.name}.png")
+    (out / f"ood_{pkg.name}{args.tag}.json").write_text(json.dumps({"summary": summary, "frames": rows}, indent=1))
+    plot(rows, summary, out / f"ood_{pkg.name}{args.tag}.png")
     print(json.dumps(summary, indent=1))
 
 
