@@ -106,7 +106,7 @@ def generic_probe_frames(seed, seed_index: int = 0, target_atoms: int = 64, rng_
                 s = slab.copy()
                 s.rattle(amp, seed=int(rng.integers(1 << 30)))
                 out.append((f"slab({''.join(map(str, m))})", s))
-        prim = surface(seed, (1, 0, 0), 4, vacuum=6.0, periodic=True)
+        prim = surface(primitive_cell(seed), (1, 0, 0), 4, vacuum=6.0, periodic=True)
         prim = prim.repeat((max(1, round((target_atoms / len(prim)) ** 0.5)),) * 2 + (1,))
         for amp in (0.02, 0.05):
             s = prim.copy()
@@ -130,6 +130,16 @@ def generic_probe_frames(seed, seed_index: int = 0, target_atoms: int = 64, rng_
         s.rattle(0.03, seed=7)
         out.append(("compressed" if scale < 1 else "expanded", s))
     return out
+
+
+def primitive_cell(atoms):
+    """The primitive cell of a crystal (spglib), whatever cell it was given in."""
+    import spglib
+    from ase import Atoms
+
+    lattice, positions, numbers = spglib.standardize_cell(
+        (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), to_primitive=True, symprec=1e-3)
+    return Atoms(numbers=numbers, scaled_positions=positions, cell=lattice, pbc=True)
 
 
 def package_seed(package: Path):
@@ -222,13 +232,16 @@ def plot(rows, summary, path):
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("student force MAE vs teacher (meV/Å)")
-    axes[0][0].set_title(f"{summary['package']}: flagged {summary['bad_flagged_share'] if bad else float('nan'):.0%} of bad frames, "
-                         f"{summary['in_domain_flagged_share']:.0%} of in-domain", fontsize=9)
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0%}"
+
+    axes[0][0].set_title(f"{summary['package']}: flagged {pct(summary['bad_flagged_share'] if bad else None)} of bad frames, "
+                         f"{pct(summary['in_domain_flagged_share'])} of in-domain", fontsize=9)
     axes[0][0].legend(fontsize=7, loc="upper left")
     if with_est:
-        axes[0][1].set_title(f"bad frames flagged: {summary['bad_flagged_share']:.0%} (distance alone "
-                             f"{summary['bad_flagged_share_by_distance']:.0%}); good in-domain flagged: "
-                             f"{summary['in_domain_good_flagged_share']:.0%}", fontsize=9)
+        axes[0][1].set_title(f"bad frames flagged: {pct(summary['bad_flagged_share'])} (distance alone "
+                             f"{pct(summary['bad_flagged_share_by_distance'])}); good in-domain flagged: "
+                             f"{pct(summary['in_domain_good_flagged_share'])}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -238,7 +251,7 @@ def main(argv=None):
     p.add_argument("--package", default="cu-sevennet-v2")
     p.add_argument("--teacher", default="sevennet-0")
     p.add_argument("--n-in-domain", type=int, default=60,
-                   help="in-domain frames, from fresh trajectories of the package's own recipe")
+                   help="in-domain frames, from fresh trajectories of the package's own recipe (0: probes only)")
     p.add_argument("--a0", type=float, default=3.61)
     p.add_argument("--probes", choices=("auto", "cu", "generic"), default="auto",
                    help="probe structures: 'cu' the fcc Cu set (slabs from fcc100/110/111, icosahedra...), "
@@ -282,8 +295,11 @@ def main(argv=None):
         probe = probe_frames(args.a0)
     if not fresh and probes != "cu":
         raise SystemExit(f"{pkg}: no recipe (config.json) to draw in-domain frames from")
-    frames = (fresh_in_domain_frames(pkg, teacher, args.n_in_domain) if fresh
-              else rattled_bulk_frames(args.n_in_domain, args.a0)) + probe
+    if args.n_in_domain == 0:
+        frames = probe  # probes only: the in-domain shares are left out
+    else:
+        frames = (fresh_in_domain_frames(pkg, teacher, args.n_in_domain) if fresh
+                  else rattled_bulk_frames(args.n_in_domain, args.a0)) + probe
     for kind, atoms in frames:
         a = atoms.copy()
         if fresh and kind.startswith("in-domain") and atoms.calc is not None:
@@ -313,7 +329,7 @@ def main(argv=None):
     summary = {
         "package": pkg.name, "teacher": args.teacher, "threshold": threshold, "bad_force_mae_ev_a": bad_mae,
         "bad_frames": len(bad), "bad_flagged_share": float(np.mean([r["flagged"] for r in bad])) if bad else None,
-        "in_domain_frames": len(rows_in), "in_domain_flagged_share": float(np.mean([r["flagged"] for r in rows_in])),
+        "in_domain_frames": len(rows_in), "in_domain_flagged_share": share(rows_in),
         "probe_frames": len(rows_out), "probe_flagged_share": float(np.mean([r["flagged"] for r in rows_out])),
         "force_error_bar_ev_a": None if not np.isfinite(fe_bar) else float(fe_bar),
         "bad_flagged_share_by_distance": share(bad, "flagged_by_distance"),
