@@ -35,6 +35,22 @@ from pathlib import Path
 import numpy as np
 
 
+def hot_and_volume_probes(cell, hot_scale: float = 1.0):
+    """Hot rattles of a melt-like amplitude (0.25 and 0.35 Å times ``hot_scale``) and the cell
+    compressed and expanded beyond the strain range (0.88-1.12 of its lattice vectors)."""
+    out = []
+    for k, sigma in enumerate((0.25, 0.35)):
+        h = cell.copy()
+        h.rattle(sigma * hot_scale, seed=100 + k)
+        out.append(("hot", h))
+    for scale in (0.88, 0.92, 1.08, 1.12):
+        s = cell.copy()
+        s.set_cell(s.cell.array * scale, scale_atoms=True)
+        s.rattle(0.03, seed=7)
+        out.append(("compressed" if scale < 1 else "expanded", s))
+    return out
+
+
 def probe_frames(a0: float, seed: int = 0):
     """(kind, atoms) pairs: structures a bulk-trained Cu student has not seen."""
     from ase.build import bulk, fcc100, fcc110, fcc111
@@ -66,16 +82,7 @@ def probe_frames(a0: float, seed: int = 0):
         i.positions[-1] = np.array([0.5, 0.5, 0.0]) * a0 + [0.0, 0.0, a0 / 2]  # octahedral site
         i.rattle(0.03, seed=int(rng.integers(1 << 30)))
         out.append(("interstitial", i))
-    for k, sigma in enumerate((0.25, 0.35)):  # hot: rattles of a melt-like amplitude
-        h = cell.copy()
-        h.rattle(sigma, seed=100 + k)
-        out.append(("hot", h))
-    for scale in (0.88, 0.92, 1.08, 1.12):
-        s = cell.copy()
-        s.set_cell(s.cell.array * scale, scale_atoms=True)
-        s.rattle(0.03, seed=7)
-        out.append(("compressed" if scale < 1 else "expanded", s))
-    return out
+    return out + hot_and_volume_probes(cell)
 
 
 def generic_probe_frames(seed, seed_index: int = 0, target_atoms: int = 64, rng_seed: int = 0):
@@ -120,16 +127,7 @@ def generic_probe_frames(seed, seed_index: int = 0, target_atoms: int = 64, rng_
         c = make_cluster(conventional_cell(seed) if kind == "bulk" else seed, n, molecular=kind == "molecular", rng=rng)
         c.rattle(0.03, seed=int(rng.integers(1 << 30)))
         out.append(("cluster", c))
-    for k, sigma in enumerate((0.25, 0.35)):
-        h = cell.copy()
-        h.rattle(sigma if kind == "bulk" else sigma / 2, seed=100 + k)
-        out.append(("hot", h))
-    for scale in (0.88, 0.92, 1.08, 1.12):
-        s = cell.copy()
-        s.set_cell(s.cell.array * scale, scale_atoms=True)
-        s.rattle(0.03, seed=7)
-        out.append(("compressed" if scale < 1 else "expanded", s))
-    return out
+    return out + hot_and_volume_probes(cell, 1.0 if kind == "bulk" else 0.5)
 
 
 def primitive_cell(atoms):
