@@ -175,7 +175,8 @@ def test_protocols_apply_where_they_make_sense():
     off = GenerateConfig(seeds=["x"], nvt_frames=1, nvt_temperatures_k=[300.0], coverage=[])
     assert {t["protocol"] for t in plan_tasks(off, [CU])} == {"nvt"}
     # every applicable protocol is on by default for a bulk seed
-    assert {t["protocol"] for t in plan_tasks(cfg, [CU])} == {"nvt", "surface", "defect", "cluster", "hot", "volume"}
+    assert {t["protocol"] for t in plan_tasks(cfg, [CU])} == {"nvt", "surface", "defect", "cluster", "hot", "volume",
+                                                             "short_range"}
     # the configured melting point wins over the estimate
     hot = [t for t in plan_tasks(GenerateConfig(seeds=["x"], melting_point_k=1000.0, hot_temperature_factors=[1.5]), [CU])
            if t["protocol"] == "hot"]
@@ -404,3 +405,75 @@ def test_heavy_hydrogen_md_keeps_natural_masses_in_the_frames(tmp_path):
     assert len(out[None]) == len(out[2.014]) == 2
     assert all(f.get_masses()[1] == pytest.approx(1.008, abs=1e-3) for f in out[2.014])
     assert not np.allclose(out[None][-1].positions, out[2.014][-1].positions)
+
+
+def test_short_range_frames_push_one_pair_of_each_kind_or_isolate_it(tmp_path):
+    """Dimers of every element pair, evenly spaced, not periodic; bulk cells where exactly
+    the labelled pair (of the right elements) is the closest one, at the asked fraction of
+    its distance in the crystal."""
+    nial = bulk("NiAl", "cesiumchloride", a=2.88)
+    ref = coverage.pair_distances(nial)
+    assert ref["Al-Ni"] == pytest.approx(2.88 * np.sqrt(3) / 2) and ref["Al-Al"] == pytest.approx(2.88)
+    cfg = GenerateConfig(seeds=["bulk:NiAl:cesiumchloride:2.88"], sizes=[54], nvt_temperatures_k=[], coverage=["short_range"],
+                         short_range_frames=6, short_range_dimer_frames=5, short_range_min_factor=0.65,
+                         short_range_rattle_frames=4, short_range_frames_per_task=2)
+    tasks = plan_tasks(cfg, [nial])
+    # each kind cut into tasks of <= 2 frames, so that a split by trajectory keeps most of them
+    from collections import Counter
+
+    assert Counter((t.get("pair", "-"), t["mode"]) for t in tasks) == Counter(
+        {**{(p, "dimer"): 3 for p in ref}, **{(p, "pushed_pair"): 3 for p in ref}, ("-", "rattle"): 2})
+    assert all(t["n_frames"] <= 2 for t in tasks)
+    manifest = generate(cfg, load_teacher("emt"), tmp_path, progress=False)
+    assert manifest["n_frames"] + manifest["n_rejected"] == 3 * (6 + 5) + 4
+    frames = read_frames(tmp_path)
+    assert {f.info["protocol"] for f in frames} == {"short_range"}
+    rattled = [f for f in frames if "pair" not in f.info]
+    assert rattled and all(len(f) == 54 and f.pbc.all() for f in rattled)
+    for f in rattled:  # hard rattles: sigma 4-12 % of the shortest distance in the crystal
+        assert 0.04 * ref["Al-Ni"] <= f.info["rattle_sigma"] <= 0.12 * ref["Al-Ni"]
+        closest = (f.get_all_distances(mic=True) + 99 * np.eye(len(f))).min()
+        assert closest < 0.93 * ref["Al-Ni"]  # many pairs shaken, some well inside the crystal's
+    frames = [f for f in frames if "pair" in f.info]
+    for pair in ref:
+        dimers = [f for f in frames if f.info["pair"] == pair and len(f) == 2]
+        d = sorted(float(f.get_distance(0, 1)) for f in dimers)
+        assert not any(f.pbc.any() for f in dimers)
+        assert sorted(dimers[0].get_chemical_symbols()) == sorted(pair.split("-"))
+        if len(d) == 5:  # none rejected: evenly spaced from the lower bound to 1.6x
+            np.testing.assert_allclose(d, np.linspace(0.65, 1.6, 5) * ref[pair], atol=1e-9)
+        pushed = [f for f in frames if f.info["pair"] == pair and len(f) > 2]
+        assert pushed and all(len(f) == 54 and f.pbc.all() for f in pushed)
+        a, b = pair.split("-")
+        for f in pushed:
+            sym = np.array(f.get_chemical_symbols())
+            dist = f.get_all_distances(mic=True) + np.eye(len(f)) * 99
+            of_pair = dist[np.ix_(sym == a, sym == b)]
+            assert of_pair.min() == pytest.approx(f.info["pair_distance"])  # the closest pair of its kind
+            assert 0.65 * ref[pair] - 1e-9 <= f.info["pair_distance"] <= 0.92 * ref[pair] + 1e-9
+    # the card says which pairs the data pushed together
+    from orbdistill.data.generate import domain_summary
+    from orbdistill.export.package import _coverage_text
+
+    summary = domain_summary(manifest)["short_range"]
+    assert summary["pairs"] == ["Al-Al", "Al-Ni", "Ni-Ni"] and summary["min_distance_factor"] == 0.65
+    assert "Al-Ni" in _coverage_text(summary) and "0.65" in _coverage_text(summary)
+    # a molecular liquid is not pushed apart bond by bond
+    assert "short_range" not in {t["protocol"] for t in plan_tasks(GenerateConfig(seeds=["x"]), [water_box()])}
+
+
+def test_a_data_folder_made_before_short_range_is_extended_with_its_options(tmp_path):
+    teacher = load_teacher("emt")
+    base = dict(seeds=["bulk:Cu:fcc:3.61"], sizes=[32], nvt_temperatures_k=[600.0], nvt_frames=2,
+                nvt_equilibration_steps=2, coverage=[])
+    generate(GenerateConfig(**base), teacher, tmp_path, progress=False)
+    wider = GenerateConfig(**{**base, "coverage": ["short_range"], "short_range_frames": 3,
+                              "short_range_dimer_frames": 2, "short_range_rattle_frames": 2})
+    grown = generate(wider, teacher, tmp_path, progress=False, extend=True)
+    assert grown["extensions"][-1]["added"] == {"coverage": ["short_range"]}
+    assert grown["n_frames"] + grown["n_rejected"] == 2 + 3 + 2 + 2  # EMT's dimer at 0.6 d_nn: 41 eV/Å, rejected
+    # once the data hold short-range frames, their options are fixed like any other
+    with pytest.raises(ValueError, match="short_range_frames changed"):
+        generate(GenerateConfig(**{**base, "coverage": ["short_range"], "short_range_frames": 4,
+                                   "short_range_dimer_frames": 2, "short_range_rattle_frames": 2}), teacher, tmp_path,
+                 progress=False, extend=True)

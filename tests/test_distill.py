@@ -127,11 +127,14 @@ def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
     m = generate(gcfg, teacher, tmp_path / "d", progress=False)
     frames = read_frames(tmp_path / "d")
     protos = {f.info["protocol"] for f in frames}
-    assert protos == {"nvt", "npt", "strain", "rattle_relax", "relax", "surface", "defect", "cluster", "hot", "volume"}
+    assert protos == {"nvt", "npt", "strain", "rattle_relax", "relax", "surface", "defect", "cluster", "hot", "volume",
+                      "short_range"}
     for f in frames:
         assert f.info["teacher"] == "emt" and "traj_id" in f.info and "rng_seed" in f.info
         if f.info["protocol"] == "cluster":  # non-periodic: no stress, and the provenance says which
             assert not f.pbc.any() and f.info["cluster_size"] == 13 and "stress" not in f.calc.results
+        elif f.info["protocol"] == "short_range" and len(f) == 2:  # a dimer
+            assert not f.pbc.any() and f.info["pair"] == "Cu-Cu" and "stress" not in f.calc.results
         else:
             assert f.get_stress().shape == (6,)
     by = {p: [f for f in frames if f.info["protocol"] == p] for p in protos}
@@ -144,7 +147,7 @@ def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
     from orbdistill.data.generate import domain_summary
 
     cover = domain_summary(m)
-    assert set(cover) == {"bulk", "surface", "defect", "cluster", "hot", "volume"}
+    assert set(cover) == {"bulk", "surface", "defect", "cluster", "hot", "volume", "short_range"}
     assert cover["bulk"]["pressures_gpa"] == [0.0, 2.0] and cover["cluster"]["cluster_sizes"] == [13]
     assert sum(c["frames"] for c in cover.values()) == len(frames)
 

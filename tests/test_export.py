@@ -28,7 +28,10 @@ def structures():
     big = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
     big.rattle(0.05, seed=5)
     mol = molecule("CH3CH2OH")
-    return {"triclinic-8": rattled_triclinic_cu(seed=2), "bulk-108": big, "molecule": mol}
+    from orbdistill.data.coverage import push_pair
+
+    close = push_pair(big, "Cu-Cu", 1.3, np.random.default_rng(0))  # the ZBL term at work
+    return {"triclinic-8": rattled_triclinic_cu(seed=2), "bulk-108": big, "molecule": mol, "pushed-pair": close}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -53,10 +53,18 @@ def co_on_cu():
     return s
 
 
+def pushed_pair():
+    """Bulk Cu with one pair 1.2 Å apart: where the ZBL term is a large share of the force."""
+    from orbdistill.data.coverage import push_pair
+
+    return push_pair(rattled_triclinic_cu(seed=3), "Cu-Cu", 1.2, np.random.default_rng(0))
+
+
 STRUCTURES = {
     "triclinic_bulk": rattled_triclinic_cu,
     "molecule": lambda: molecule("CH3CH2OH"),
     "slab": slab,
+    "pushed_pair": pushed_pair,
 }
 
 
@@ -77,7 +85,7 @@ def test_forces_match_finite_differences(name, structure):
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-@pytest.mark.parametrize("structure", ["triclinic_bulk", "slab"])
+@pytest.mark.parametrize("structure", ["triclinic_bulk", "slab", "pushed_pair"])
 def test_stress_matches_ase_numerical_stress(name, structure):
     # kNN graphs are smooth while the strain changes no neighbour ranking: true for the
     # rattled bulk at d = 1e-5; the slab has exact ties in its ideal layers' rankings
@@ -569,3 +577,34 @@ def test_v2_checkpoints_from_before_the_smooth_invariant_load_with_the_norm(tmp_
     assert build_student("v2", [29]).config.vector_invariant == "smooth"  # new students
     with pytest.raises(ValueError, match="vector_invariant"):
         build_student("v2", [29], vector_invariant="abs")
+
+
+@pytest.mark.parametrize("name", ["v1", "v2"])
+def test_students_repel_at_short_range_whatever_their_weights(name):
+    """The ZBL term (on by default) dominates a random network as two atoms meet: the dimer's
+    energy climbs by tens of eV from 1.2 to 0.6 Å and the force pushes the atoms apart."""
+    model = make(name)
+    assert model.repulsion is not None
+    energies, forces = [], []
+    for r in (0.6, 1.2):
+        d = Atoms("Cu2", positions=[(0, 0, 0), (0, 0, r)])
+        d.calc = calc(model)
+        energies.append(d.get_potential_energy())
+        forces.append(d.get_forces()[1, 2])
+    assert energies[0] - energies[1] > 20.0
+    assert forces[0] > 50.0  # along +z on the upper atom: apart
+    bare = make(name, pair_repulsion="none")
+    assert bare.repulsion is None
+
+
+def test_v2_checkpoints_from_before_the_repulsion_default_load_without_it(tmp_path):
+    from orbdistill.models import safe_torch_load
+
+    torch.manual_seed(0)
+    build_student("v2", [29], num_features=16, num_vector_features=4, num_layers=2,
+                  pair_repulsion="none").save(tmp_path / "model.pt")
+    ckpt = safe_torch_load(tmp_path / "model.pt")
+    del ckpt["config"]["pair_repulsion"]  # what a checkpoint saved before the option holds
+    torch.save(ckpt, tmp_path / "model.pt")
+    assert load_student(tmp_path / "model.pt").repulsion is None
+    assert build_student("v2", [29]).config.pair_repulsion == "physical"  # new students

@@ -14,6 +14,10 @@ Seed kinds (:func:`seed_kind`):
   crystal): clusters are whole molecules, and a liquid-vapour interface replaces the slab;
 * ``"slab"``: periodic in 2D (non-periodic axis or a vacuum gap): MD of the slab as given;
 * ``"molecule"``: not periodic: MD of the molecule as given (conformers at high temperature).
+
+Short range (:func:`pair_distances`, :func:`make_dimer`, :func:`push_pair`): isolated
+dimers of every element pair and bulk cells with one pair pushed together, the
+configurations where a student's repulsion is learnt or not at all.
 """
 
 from __future__ import annotations
@@ -309,6 +313,87 @@ def make_defect(cell: Atoms, kind: str, rng: np.random.Generator, nearest: bool 
     else:
         raise ValueError(f"Unknown defect {kind!r}; use vacancy:X, interstitial:X or antisite:X-Y.")
     a.info["defect"] = kind
+    return a
+
+
+# --------------------------------------------------------------------------------------
+# short range: dimers and pushed pairs
+# --------------------------------------------------------------------------------------
+
+
+def element_pairs(atoms: Atoms) -> List[str]:
+    """Every unordered pair of the elements in ``atoms``, as ``"A-B"`` (alphabetical),
+    like-element pairs included."""
+    elements = sorted(set(atoms.get_chemical_symbols()))
+    return [f"{a}-{b}" for i, a in enumerate(elements) for b in elements[i:]]
+
+
+def pair_distances(seed: Atoms, search: float = 6.0) -> dict:
+    """{"A-B": shortest A-B distance} in a periodic ``seed`` (the sum of covalent radii for a
+    pair closer than ``search`` Å nowhere in it): the length pushed pairs and dimers are
+    scaled by.
+
+    >>> from ase.build import bulk
+    >>> round(pair_distances(bulk("Cu", "fcc", a=3.61))["Cu-Cu"], 3)
+    2.553
+    """
+    from ase.data import atomic_numbers, covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    out = {}
+    symbols = np.array(seed.get_chemical_symbols())
+    if seed.pbc.all():
+        i, j, d = neighbor_list("ijd", seed, search)
+    else:
+        i, j, d = (np.array([], int),) * 2 + (np.array([]),)
+    for pair in element_pairs(seed):
+        a, b = pair.split("-")
+        mask = ((symbols[i] == a) & (symbols[j] == b)) | ((symbols[i] == b) & (symbols[j] == a))
+        out[pair] = float(d[mask].min()) if mask.any() else \
+            float(covalent_radii[atomic_numbers[a]] + covalent_radii[atomic_numbers[b]])
+    return out
+
+
+def make_dimer(pair: str, distance: float, vacuum: float = 12.0) -> Atoms:
+    """Two atoms ``distance`` Å apart, not periodic, in a box with ``vacuum`` Å around them.
+
+    >>> d = make_dimer("Cu-Cu", 2.2)
+    >>> round(float(d.get_distance(0, 1)), 3), bool(d.pbc.any())
+    (2.2, False)
+    """
+    a, b = pair.split("-")
+    dimer = Atoms(f"{a}{b}", positions=[(0.0, 0.0, 0.0), (0.0, 0.0, float(distance))], pbc=False)
+    dimer.center(vacuum=vacuum / 2.0)
+    dimer.info["pair_distance"] = float(distance)
+    return dimer
+
+
+def push_pair(cell: Atoms, pair: str, distance: float, rng: np.random.Generator) -> Atoms:
+    """A copy of ``cell`` where a random atom of the pair's first element and its nearest
+    neighbour of the second are moved towards (or away from) each other, symmetrically
+    along their bond, until they are ``distance`` Å apart; the rest of the cell is kept.
+
+    A hot or compressed crystal reaches short distances one pair at a time, inside its
+    bulk environment: these are the frames that teach that environment's repulsion.
+    """
+    a_sym, b_sym = pair.split("-")
+    a = cell.copy()
+    symbols = np.array(a.get_chemical_symbols())
+    first = np.flatnonzero(symbols == a_sym)
+    others = np.flatnonzero(symbols == b_sym)
+    if not len(first) or not len(others) or (a_sym == b_sym and len(first) < 2):
+        raise ValueError(f"Cannot push a {pair} pair: the cell has too few {a_sym} or {b_sym} atoms.")
+    i = int(rng.choice(first))
+    others = others[others != i]
+    mic = bool(a.pbc.any())
+    d = a.get_distances(i, others, mic=mic)
+    j = int(others[np.argmin(d)])
+    v = a.get_distance(i, j, mic=mic, vector=True)
+    r = float(np.linalg.norm(v))
+    shift = 0.5 * (r - float(distance)) * v / r
+    a.positions[i] += shift
+    a.positions[j] -= shift
+    a.info["pair_distance"] = float(a.get_distance(i, j, mic=mic))
     return a
 
 

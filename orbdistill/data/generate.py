@@ -36,6 +36,13 @@ Coverage protocols (``coverage``; each applies where it makes sense for the seed
   element data), melted first at twice the melting point when the target is above it;
 * ``volume``: cells scaled isotropically by ``volume_scales`` (beyond the strain range;
   molecules are moved as rigid units), rattled: the short-range repulsion students miss.
+* ``short_range``: for every element pair of a bulk seed, isolated dimers from
+  ``short_range_min_factor`` to 1.6 times the pair's shortest distance in the seed, and
+  bulk cells in which one such pair is pushed to between ``short_range_min_factor`` and
+  0.92 times it (rattled); and bulk cells rattled hard (sigma 4-12 % of the shortest
+  distance, many close pairs at once): where a hot or compressed simulation first meets the
+  repulsion a student has otherwise never been shown (it then extrapolates, often with the
+  wrong sign, and several close pairs together can drive it to absurd energies).
 
 ``keep_fraction`` < 1 keeps that share of each task's frames, chosen by farthest-point
 sampling (:mod:`orbdistill.data.selection`), so near-duplicate MD frames do not dominate.
@@ -77,10 +84,10 @@ log = logging.getLogger(__name__)
 
 
 BASE_PROTOCOLS = ("nvt", "npt", "strain", "rattle_relax", "relax")
-COVERAGE = ("surface", "defect", "cluster", "hot", "volume", "reference")
+COVERAGE = ("surface", "defect", "cluster", "hot", "volume", "reference", "short_range")
 #: the coverage protocols on when a config does not list them ("reference" is asked for: data
 #: folders made before it existed keep their configuration)
-DEFAULT_COVERAGE = ("surface", "defect", "cluster", "hot", "volume")
+DEFAULT_COVERAGE = ("surface", "defect", "cluster", "hot", "volume", "short_range")
 PROTOCOLS = BASE_PROTOCOLS + COVERAGE
 # which coverage protocols apply to which kind of seed
 APPLIES = {"bulk": COVERAGE, "molecular": ("surface", "cluster", "hot", "volume"),
@@ -95,7 +102,7 @@ def protocol_group(protocol: str) -> str:
     return PROTOCOL_GROUPS.get(protocol, protocol)
 
 # provenance keys copied from a task into every frame's info
-PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "cluster_shape", "volume_scale", "element")
+PROVENANCE = ("seed_kind", "facet", "defect", "cluster_size", "cluster_shape", "volume_scale", "element", "pair")
 
 
 @config_dataclass
@@ -160,6 +167,12 @@ class GenerateConfig:
     hydrogen_mass_amu: Optional[Annotated[float, Field(ge=1.0, le=20.0)]] = None
     volume_scales: List[Annotated[float, Field(gt=0.5, lt=1.5)]] = field(default_factory=lambda: [0.88, 0.92, 1.08, 1.12])
     volume_frames: NonNegativeInt = 8
+    # per element pair: pushed-pair bulk frames (per size) and isolated dimers
+    short_range_frames: NonNegativeInt = 30
+    short_range_dimer_frames: NonNegativeInt = 12
+    short_range_min_factor: Annotated[float, Field(ge=0.3, le=0.9)] = 0.6
+    short_range_rattle_frames: NonNegativeInt = 30     # per size: hard rattles
+    short_range_frames_per_task: PositiveInt = 5       # each kind is cut into tasks of this many frames
     reference_temperatures_k: List[PositiveFloat] = field(default_factory=lambda: [300.0, 900.0])
     reference_frames: NonNegativeInt = 15
     keep_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
@@ -273,6 +286,28 @@ def plan_tasks(cfg: GenerateConfig, seeds: Union[int, Sequence[Atoms]]) -> List[
                 for scale in cfg.volume_scales:
                     add(protocol="volume", seed_index=s, seed_kind=kind, size=size, volume_scale=float(scale),
                         n_frames=cfg.volume_frames)
+        if "short_range" in applies:
+            from .coverage import element_pairs
+
+            per = cfg.short_range_frames_per_task
+
+            def chunks(n):  # frame counts of the tasks n frames are cut into (several, so a split keeps most)
+                return [min(per, n - k) for k in range(0, n, per)]
+
+            for pair in element_pairs(seeds[s]):
+                n_dimer = cfg.short_range_dimer_frames
+                parts = math.ceil(n_dimer / per) if n_dimer else 0
+                for j in range(parts):  # interleaved distances: a held-out part is bracketed by trained ones
+                    add(protocol="short_range", seed_index=s, seed_kind=kind, pair=pair, mode="dimer", part=j,
+                        n_parts=parts, n_frames=len(range(j, n_dimer, parts)))
+                for size in sizes("short_range"):
+                    for j, n in enumerate(chunks(cfg.short_range_frames)):
+                        add(protocol="short_range", seed_index=s, seed_kind=kind, pair=pair, mode="pushed_pair",
+                            size=size, repeat=j, n_frames=n)
+            for size in sizes("short_range"):
+                for j, n in enumerate(chunks(cfg.short_range_rattle_frames)):
+                    add(protocol="short_range", seed_index=s, seed_kind=kind, mode="rattle", size=size, repeat=j,
+                        n_frames=n)
     return tasks
 
 
@@ -440,6 +475,36 @@ def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> 
     return seed_supercell(seed, task["size"])  # hot (a molecule as it is)
 
 
+def _short_range(task: dict, seed: Atoms, calc, cfg: "GenerateConfig", name: str, rng) -> List[Atoms]:
+    """Dimers at evenly spaced distances, or bulk cells with one pair pushed together."""
+    from .coverage import make_dimer, pair_distances, push_pair
+
+    if task["mode"] == "rattle":
+        base = supercell(seed, task["size"], at_least=False)
+        d_nn = min(pair_distances(seed).values())
+        frames = []
+        for k in range(task["n_frames"]):
+            a = base.copy()
+            a.info["rattle_sigma"] = sigma = float(rng.uniform(0.04, 0.12) * d_nn)
+            a.positions += rng.normal(scale=sigma, size=a.positions.shape)
+            frames.append(_label(a, calc, task, name, k))
+        return frames
+    d_ref = pair_distances(seed)[task["pair"]]
+    lo = cfg.short_range_min_factor * d_ref
+    if task["mode"] == "dimer":
+        j, parts = task["part"], task["n_parts"]
+        grid = np.linspace(lo, 1.6 * d_ref, cfg.short_range_dimer_frames)
+        return [_label(make_dimer(task["pair"], grid[k], cfg.vacuum), calc, task, name, k)
+                for k in range(j, len(grid), parts)]
+    base = supercell(seed, task["size"], at_least=False)
+    frames = []
+    for k in range(task["n_frames"]):
+        a = base.copy()
+        a.positions += rng.normal(scale=cfg.strain_rattle, size=a.positions.shape)
+        frames.append(_label(push_pair(a, task["pair"], rng.uniform(lo, 0.92 * d_ref), rng), calc, task, name, k))
+    return frames
+
+
 def _random_strain(rng, max_strain):
     e = rng.uniform(-max_strain, max_strain, size=(3, 3))
     return 0.5 * (e + e.T)
@@ -472,6 +537,8 @@ def run_task(task: dict, seeds: List[Atoms], cfg: GenerateConfig, teacher) -> Li
         return frames
     if proto == "rattle_relax":
         return _rattle_relax(base, calc, task, cfg, name, rng, task["n_starts"])
+    if proto == "short_range":
+        return _short_range(task, seeds[task["seed_index"]], calc, cfg, name, rng)
     if proto in COVERAGE:
         a = _coverage_structure(task, seeds[task["seed_index"]], cfg, rng)
         if proto == "surface" and task["mode"] == "rattle_relax":
@@ -628,13 +695,22 @@ _EXTENDABLE_COUNTS = ("cluster_shapes",)
 _RESULT_KEYS = ("file", "frames", "rejected", "deselected", "seconds", "sampler_seconds")
 
 
+#: options read by one coverage protocol only: free to change while extending a data folder
+#: that protocol is added to (none of its finished tasks used them)
+PROTOCOL_OPTIONS = {"short_range": ("short_range_frames", "short_range_dimer_frames", "short_range_min_factor",
+                                     "short_range_rattle_frames", "short_range_frames_per_task")}
+
+
 def _extension_changes(stored: dict, new: dict) -> dict:
     """{option: (old, new)} when ``new`` only adds values to :data:`EXTENDABLE` options of
-    ``stored``; otherwise a ValueError naming the first option that forbids extending."""
+    ``stored`` (or sets the options of a protocol it adds, :data:`PROTOCOL_OPTIONS`);
+    otherwise a ValueError naming the first option that forbids extending."""
     changes = {}
+    added = set(new.get("coverage") or []) - set(stored.get("coverage") or [])
+    free = {k for p in added for k in PROTOCOL_OPTIONS.get(p, ())}
     for key in sorted(set(stored) | set(new)):
         old, now = stored.get(key), new.get(key)
-        if old == now:
+        if old == now or key in free:
             continue
         if key not in EXTENDABLE:
             raise ValueError(f"generate.{key} changed ({old!r} -> {now!r}); only values added to "
@@ -823,12 +899,12 @@ def domain_summary(manifest: dict) -> dict:
         g = groups.setdefault(protocol_group(task["protocol"]),
                               {"frames": 0, "protocols": set(), "temperatures_k": set(), "pressures_gpa": set(),
                                "facets": set(), "defects": set(), "cluster_sizes": set(), "volume_scales": set(),
-                               "sizes": set()})
+                               "pairs": set(), "sizes": set()})
         g["frames"] += task.get("frames", 0)
         g["protocols"].add(task["protocol"])
         for key, field_name in (("temperature_K", "temperatures_k"), ("pressure_GPa", "pressures_gpa"),
                                 ("facet", "facets"), ("defect", "defects"), ("cluster_size", "cluster_sizes"),
-                                ("volume_scale", "volume_scales"), ("size", "sizes")):
+                                ("volume_scale", "volume_scales"), ("pair", "pairs"), ("size", "sizes")):
             if key in task:
                 g[field_name].add(task[key])
     out = {}
@@ -836,5 +912,7 @@ def domain_summary(manifest: dict) -> dict:
         out[name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in g.items() if v or k == "frames"}
     if "bulk" in out and cfg.get("strain_frames"):
         out["bulk"]["strain_max"] = cfg.get("strain_max")
+    if "short_range" in out:
+        out["short_range"]["min_distance_factor"] = cfg.get("short_range_min_factor", 0.6)
     return out
 

@@ -155,6 +155,9 @@ def _coverage_text(c: dict) -> str:
         parts.append("clusters of " + ", ".join(str(n) for n in c["cluster_sizes"]) + " atoms")
     if c.get("volume_scales"):
         parts.append("cells scaled by " + ", ".join(f"{x:g}" for x in c["volume_scales"]))
+    if c.get("pairs"):
+        parts.append(", ".join(c["pairs"]) + " pairs from " + f"{c.get('min_distance_factor', 0.6):g}"
+                     + " of their distance in the crystal (dimers and pushed pairs)")
     if c.get("sizes"):
         parts.append("cells of ~" + ", ".join(str(n) for n in c["sizes"]) + " atoms")
     return "; ".join(parts) or "-"
