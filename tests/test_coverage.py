@@ -457,7 +457,9 @@ def test_short_range_frames_push_one_pair_of_each_kind_or_isolate_it(tmp_path):
 
     summary = domain_summary(manifest)["short_range"]
     assert summary["pairs"] == ["Al-Al", "Al-Ni", "Ni-Ni"] and summary["min_distance_factor"] == 0.65
-    assert "Al-Ni" in _coverage_text(summary) and "0.65" in _coverage_text(summary)
+    assert summary["modes"] == ["dimer", "pushed_pair", "rattle"]
+    text = _coverage_text(summary)
+    assert "Al-Ni" in text and "0.65" in text and "hard rattles" in text
     # a molecular liquid is not pushed apart bond by bond
     assert "short_range" not in {t["protocol"] for t in plan_tasks(GenerateConfig(seeds=["x"]), [water_box()])}
 

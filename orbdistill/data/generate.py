@@ -914,5 +914,7 @@ def domain_summary(manifest: dict) -> dict:
         out["bulk"]["strain_max"] = cfg.get("strain_max")
     if "short_range" in out:
         out["short_range"]["min_distance_factor"] = cfg.get("short_range_min_factor", 0.6)
+        out["short_range"]["modes"] = sorted({t["mode"] for t in manifest["tasks"].values()
+                                              if t["protocol"] == "short_range"})
     return out
 

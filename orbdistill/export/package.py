@@ -156,8 +156,10 @@ def _coverage_text(c: dict) -> str:
     if c.get("volume_scales"):
         parts.append("cells scaled by " + ", ".join(f"{x:g}" for x in c["volume_scales"]))
     if c.get("pairs"):
+        modes = {"dimer": "dimers", "pushed_pair": "pushed pairs", "rattle": "hard rattles"}
         parts.append(", ".join(c["pairs"]) + " pairs from " + f"{c.get('min_distance_factor', 0.6):g}"
-                     + " of their distance in the crystal (dimers and pushed pairs)")
+                     + " of their distance in the crystal ("
+                     + ", ".join(modes.get(m, m) for m in c.get("modes", ["dimer", "pushed_pair"])) + ")")
     if c.get("sizes"):
         parts.append("cells of ~" + ", ".join(str(n) for n in c["sizes"]) + " atoms")
     return "; ".join(parts) or "-"
