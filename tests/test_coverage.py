@@ -175,8 +175,7 @@ def test_protocols_apply_where_they_make_sense():
     off = GenerateConfig(seeds=["x"], nvt_frames=1, nvt_temperatures_k=[300.0], coverage=[])
     assert {t["protocol"] for t in plan_tasks(off, [CU])} == {"nvt"}
     # every applicable protocol is on by default for a bulk seed
-    assert {t["protocol"] for t in plan_tasks(cfg, [CU])} == {"nvt", "surface", "defect", "cluster", "hot", "volume",
-                                                             "short_range"}
+    assert {t["protocol"] for t in plan_tasks(cfg, [CU])} == {"nvt", "surface", "defect", "cluster", "hot", "volume"}
     # the configured melting point wins over the estimate
     hot = [t for t in plan_tasks(GenerateConfig(seeds=["x"], melting_point_k=1000.0, hot_temperature_factors=[1.5]), [CU])
            if t["protocol"] == "hot"]
@@ -461,7 +460,8 @@ def test_short_range_frames_push_one_pair_of_each_kind_or_isolate_it(tmp_path):
     text = _coverage_text(summary)
     assert "Al-Ni" in text and "0.65" in text and "hard rattles" in text
     # a molecular liquid is not pushed apart bond by bond
-    assert "short_range" not in {t["protocol"] for t in plan_tasks(GenerateConfig(seeds=["x"]), [water_box()])}
+    assert "short_range" not in {t["protocol"] for t in plan_tasks(GenerateConfig(seeds=["x"], coverage=["short_range"]),
+                                                                    [water_box()])}
 
 
 def test_a_data_folder_made_before_short_range_is_extended_with_its_options(tmp_path):

@@ -123,7 +123,9 @@ def test_frames_carry_provenance_and_every_protocol_runs(tmp_path):
                           surface_rattle_relax_starts=1, defect_temperatures_k=[600.0], defect_frames=2,
                           defect_relax_steps=1, cluster_sizes=[13], cluster_temperatures_k=[600.0], cluster_frames=2,
                           cluster_relax_steps=1, hot_temperature_factors=[1.2], hot_frames=2, hot_melt_steps=5,
-                          volume_scales=[0.9], volume_frames=2)
+                          volume_scales=[0.9], volume_frames=2,
+                          coverage=["surface", "defect", "cluster", "hot", "volume", "short_range"],
+                          short_range_frames=2, short_range_dimer_frames=3, short_range_rattle_frames=2)
     m = generate(gcfg, teacher, tmp_path / "d", progress=False)
     frames = read_frames(tmp_path / "d")
     protos = {f.info["protocol"] for f in frames}
