@@ -145,3 +145,18 @@ def test_water_chgnet_recipe_is_valid_and_runs(tmp_path):
     assert {f.info["facet"] for f in frames if f.info["protocol"] == "surface"} == {"liquid-vapour"}
     assert all(f.get_chemical_formula() == "H6O3" for f in frames if f.info["protocol"] == "cluster")
     assert all(abs(f.get_masses()[f.numbers == 1] - 1.008).max() < 1e-3 for f in frames)
+
+
+def test_short_range_recipe_adds_dimers_pushed_pairs_and_rattles(tmp_path):
+    """The Cu recipe with the short-range protocol (docs/domain.md): at small size its data
+    hold the three kinds of short-range frame and its card says so."""
+    cfg = load_config(WF / "distill_cu_sevennet_short_range.json")
+    assert "short_range" in cfg["generate"]["coverage"] and cfg["student"]["overrides"]["pair_repulsion"] == "physical"
+    cfg = shrink(cfg, tmp_path)
+    cfg["generate"].update(coverage=["short_range"], short_range_frames=2, short_range_dimer_frames=2,
+                           short_range_rattle_frames=2, short_range_frames_per_task=1)
+    distill(cfg, progress=False, log_fn=None)
+    card = json.loads((tmp_path / "pkg" / "card.json").read_text())
+    assert card["coverage"]["short_range"]["modes"] == ["dimer", "pushed_pair", "rattle"]
+    assert card["coverage"]["short_range"]["pairs"] == ["Cu-Cu"]
+    assert card["student"]["config"]["pair_repulsion"] == "physical"
