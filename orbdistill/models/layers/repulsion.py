@@ -5,6 +5,12 @@ The pair energy is ``14.3996 Z_i Z_j / r * phi(r / a)`` (eV, Å), with the unive
 function ``phi`` and length ``a = 0.4543 * 0.529 / (Z_i^0.3 + Z_j^0.3)`` Å, multiplied by a
 polynomial envelope (p = 6) that reaches zero at the sum of the covalent radii.
 
+The screening length is the one MACE's ZBL basis and orb-models use, not the universal
+``0.8854 a0 / (Z_i^0.23 + Z_j^0.23)`` of the reference: a softer wall (Cu-Cu at 1 Å,
+3.6 eV per pair here against about 130 eV with the universal length). It matters only
+below the distances distillation data reach; at crystal distances it is below 1 meV per
+pair.
+
 ``orb_compatible=True`` reproduces orb-models 0.5.x exactly: there the element index used
 is the one-hot position plus one (Z + 1) and the pair energy is averaged over the atoms of
 a structure instead of summed. Students use the physical form by default (real Z, summed,
