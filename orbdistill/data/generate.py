@@ -477,7 +477,8 @@ def _coverage_structure(task: dict, seed: Atoms, cfg: "GenerateConfig", rng) -> 
 
 
 def _short_range(task: dict, seed: Atoms, calc, cfg: "GenerateConfig", name: str, rng) -> List[Atoms]:
-    """Dimers at evenly spaced distances, or bulk cells with one pair pushed together."""
+    """The frames of one short-range task: dimers at evenly spaced distances (this task's
+    share, interleaved), bulk cells with one pair pushed together, or hard rattles."""
     from .coverage import make_dimer, pair_distances, push_pair
 
     if task["mode"] == "rattle":
