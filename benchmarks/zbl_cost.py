@@ -4,7 +4,7 @@ alternated, on a rattled fcc Cu cell of 256 atoms (energy, forces and stress thr
     python benchmarks/zbl_cost.py [--package calculators/cu-sevennet-v2] [--threads 2] [--runs 6]
 
 Writes ``zbl_cost.json``: per run the median step time (ms) of 25 steps after 5 warm-up
-ones, and the ratio of the medians over runs.
+ones (:func:`orbdistill.validation.throughput.time_step`), and the ratio of the medians over runs.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 
 
 def main(argv=None):
@@ -35,21 +33,13 @@ def main(argv=None):
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(4)
     atoms.rattle(0.05, seed=0)
+    from orbdistill.validation.throughput import time_step
+
     times = {"without": [], "with": []}
     for name in ("without", "with") * args.runs:
         model = load_student(args.package)
         model.repulsion = ZBLRepulsion() if name == "with" else None
-        calc = StudentCalculator(model, device="cpu")
-        steps = []
-        for k in range(30):
-            a = atoms.copy()
-            a.positions += 0.001 * k
-            a.calc = calc
-            t0 = time.perf_counter()
-            a.get_forces()
-            a.get_stress()
-            steps.append(time.perf_counter() - t0)
-        times[name].append(1e3 * float(np.median(steps[5:])))
+        times[name].append(time_step(StudentCalculator(model, device="cpu"), atoms, repeats=25, warmup=5)["ms_per_step"])
     out = {"package": args.package, "n_atoms": len(atoms), "threads": args.threads, "runs": args.runs,
            "step_ms": times, "ratio_of_medians": statistics.median(times["with"]) / statistics.median(times["without"])}
     path = Path(args.out) / "zbl_cost.json"

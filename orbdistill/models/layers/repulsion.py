@@ -63,12 +63,19 @@ class ZBLRepulsion(torch.nn.Module):
         offset = 1 if self.orb_compatible else 0
         zs_i = torch.index_select(z, 0, s) + offset
         zr_i = torch.index_select(z, 0, r) + offset
+        rc = self.covalent_radii.to(lengths.dtype)
+        # only edges inside the envelope (shorter than the sum of covalent radii) contribute:
+        # in a crystal a small share of the cutoff's edges, so the rest is skipped
+        short = torch.nonzero(lengths < torch.index_select(rc, 0, zs_i) + torch.index_select(rc, 0, zr_i)).squeeze(1)
+        lengths = torch.index_select(lengths, 0, short)
+        s = torch.index_select(s, 0, short)
+        zs_i = torch.index_select(zs_i, 0, short)
+        zr_i = torch.index_select(zr_i, 0, short)
         zs, zr = zs_i.to(lengths.dtype), zr_i.to(lengths.dtype)
         a = 0.4543 * 0.529 / (torch.pow(zs, 0.3) + torch.pow(zr, 0.3))
         x = lengths / a
         phi = (self.c.to(lengths.dtype) * torch.exp(-self.d.to(lengths.dtype) * x.unsqueeze(0))).sum(0)
         v = 14.3996 * zs * zr / lengths * phi
-        rc = self.covalent_radii.to(lengths.dtype)
         r_max = torch.index_select(rc, 0, zs_i) + torch.index_select(rc, 0, zr_i)
         pair = 0.5 * v * _envelope_p(lengths / r_max, self.p)
         n = z.shape[0]
