@@ -58,6 +58,10 @@ class TrainConfig:
     forces_weight: NonNegativeFloat = 1.0
     stress_weight: NonNegativeFloat = 1.0
     hessian_weight: NonNegativeFloat = 0.0   # > 0: match the teacher's Hessian-vector products (data with hvp)
+    # > 0 (eV/Å): an atom's squared force error weighs 1 / (1 + |F_teacher| / force_delta) (GPUMD's NEP
+    # ``force_delta``), so that the few atoms with tens of eV/Å (hard rattles, dimers, pushed pairs) do not
+    # outweigh the near-equilibrium forces; 0 weighs every atom alike (see :func:`force_atom_weights`)
+    force_delta: NonNegativeFloat = 0.0
     # frames of protocol group g (bulk, surface, defect, cluster, hot, volume) weigh (N / (G n_g))^group_balance
     # in the loss: 0 weighs every frame alike, 1 gives every group the same total weight
     group_balance: Annotated[float, Field(ge=0, le=1)] = 0.5
@@ -124,9 +128,41 @@ def group_weights(samples: Sequence[Sample], balance: float) -> Dict[str, float]
     return {g: w / mean for g, w in raw.items()}
 
 
-def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, float]:
+def force_atom_weights(forces, force_delta: float):
+    """Per-atom weights of squared force errors, ``1 / (1 + |F| / force_delta)`` for reference
+    forces ``F`` [N, 3] (numpy array or tensor); all ones when ``force_delta`` is 0.
+
+    The form is NEP's ``force_delta`` (GPUMD documentation, nep.in keyword ``force_delta``):
+    at ``|F| >> force_delta`` the squared error counts like ``|dF|^2 force_delta / |F|``,
+    between an absolute and a relative error.
+
+    Example:
+        >>> import numpy as np
+        >>> force_atom_weights(np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]]), 1.0).tolist()
+        [1.0, 0.16666666666666666]
+    """
+    if isinstance(forces, torch.Tensor):
+        if force_delta <= 0:
+            return torch.ones(forces.shape[0], dtype=forces.dtype, device=forces.device)
+        return 1.0 / (1.0 + torch.linalg.vector_norm(forces, dim=-1) / force_delta)
+    forces = np.asarray(forces, dtype=float)
+    if force_delta <= 0:
+        return np.ones(forces.shape[0])
+    return 1.0 / (1.0 + np.linalg.norm(forces, axis=-1) / force_delta)
+
+
+def data_statistics(samples: Sequence[Sample], refs: np.ndarray, force_delta: float = 0.0) -> Dict[str, float]:
+    """Scales of the training targets. ``forces_std`` normalises the force loss: with
+    ``force_delta`` it is the root of the weighted mean square force (the same weights as the
+    loss), so the force term keeps its share of the loss when a few atoms carry huge forces."""
     e = np.array([(s.energy - refs[s.numbers].sum()) / s.n_atoms for s in samples])
     f = np.concatenate([s.forces.ravel() for s in samples])
+    if force_delta > 0:
+        w = np.concatenate([force_atom_weights(s.forces, force_delta) for s in samples])
+        f_all = np.concatenate([s.forces for s in samples])
+        forces_std = float(max(np.sqrt((w[:, None] * f_all**2).mean()), 1e-3))
+    else:
+        forces_std = float(max(f.std(), 1e-3))
     st = [s.stress.ravel() for s in samples if s.stress is not None]
     st = np.concatenate(st) if st else np.zeros(1)
     hv = [s.hvp.ravel() for s in samples if s.hvp is not None]
@@ -135,7 +171,7 @@ def data_statistics(samples: Sequence[Sample], refs: np.ndarray) -> Dict[str, fl
         "hvp_std": float(max(hv.std(), 1e-3)),
         "energy_per_atom_std": float(max(e.std(), 1e-4)),
         "forces_rms": float(max(np.sqrt((f**2).mean()), 1e-3)),
-        "forces_std": float(max(f.std(), 1e-3)),
+        "forces_std": forces_std,
         "stress_std": float(max(st.std(), 1e-5)),
         "n_frames": len(samples),
         "n_atoms": int(sum(s.n_atoms for s in samples)),
@@ -167,7 +203,8 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
     ``w_E sum(dE/N)^2 / n_E / var_E + w_F sum(dF)^2 / n_F / var_F + w_S sum(dS)^2 / n_S / var_S``
     (+ ``w_H sum(dHv)^2 / n_H / var_Hv`` with ``hessian_weight`` and frames carrying a teacher
     Hessian-vector product). Every squared residual is multiplied by its frame's ``weight``
-    (:func:`group_weights`).
+    (:func:`group_weights`), a force residual also by its atom's :func:`force_atom_weights`
+    (``force_delta``).
 
     With ``dist`` (a :class:`~orbdistill.training.distributed.DistContext`), ``samples`` is
     this rank's shard of a global batch and the counts ``n`` are those of the global batch,
@@ -182,6 +219,7 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
         n = tgt["n_atoms"].to(out["energy"].dtype)
         w_frame = tgt["weight"].to(out["energy"].dtype).sqrt()   # weights multiply squared residuals
         w_atom = w_frame[graph.batch][:, None]
+        w_force = w_atom * force_atom_weights(tgt["forces"], cfg.force_delta).sqrt()[:, None]
         parts["de"] = (out["energy"] - tgt["energy"]) / n
         parts["df"] = out["forces"] - tgt["forces"]
         if want_stress:
@@ -191,7 +229,7 @@ def compute_loss(model, samples, cfg: TrainConfig, stats: dict, training: bool, 
                            - tgt["hvp"])[tgt["has_hvp"]]
         counts_local = torch.tensor([parts[k].numel() if k in parts else 0 for k in ("de", "df", "ds", "dh")],
                                     dtype=torch.float64)
-        weighted = {"de": parts["de"] * w_frame, "df": parts["df"] * w_atom}
+        weighted = {"de": parts["de"] * w_frame, "df": parts["df"] * w_force}
         if "ds" in parts:
             weighted["ds"] = (out["stress"] - tgt["stress"])[tgt["has_stress"]] * w_frame[tgt["has_stress"]][:, None, None]
         if "dh" in parts:
@@ -223,13 +261,15 @@ def evaluate_by_group(model: StudentModel, samples: Sequence[Sample], **kwargs) 
 
 
 def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 16, dtype="float32", device="cpu",
-             return_predictions: bool = False) -> dict:
+             return_predictions: bool = False, force_delta: float = 0.0) -> dict:
     """Errors of ``model`` on ``samples``: MAE and RMSE of energy per atom (meV/atom),
-    force components (meV/Å) and stress components (GPa)."""
+    force components (meV/Å) and stress components (GPa); with ``force_delta`` > 0 also
+    ``force_wrmse_mev_a``, the force RMSE with the training loss's per-atom weights
+    (:func:`force_atom_weights`)."""
     if not samples:
         raise ValueError("Cannot evaluate on an empty set of samples.")
     model.eval()
-    de, df, ds = [], [], []
+    de, df, ds, wf = [], [], [], []
     preds = {"energy_per_atom": [], "energy_per_atom_ref": [], "forces": [], "forces_ref": [], "stress": [], "stress_ref": []}
     for chunk in _batches(list(samples), batch_size):
         graph, tgt = collate(chunk, dtype=_dtype(dtype), device=device)
@@ -238,6 +278,7 @@ def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 1
         n = tgt["n_atoms"].to(out["energy"].dtype)
         de.append(((out["energy"] - tgt["energy"]) / n).detach().cpu().double())
         df.append((out["forces"] - tgt["forces"]).detach().cpu().double().ravel())
+        wf.append(force_atom_weights(tgt["forces"].detach().cpu().double(), force_delta).repeat_interleave(3))
         if want_stress:
             m = tgt["has_stress"]
             ds.append((out["stress"] - tgt["stress"])[m].detach().cpu().double().ravel())
@@ -257,6 +298,8 @@ def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 1
         "force_rmse_mev_a": 1e3 * df.pow(2).mean().sqrt().item(),
         "n_frames": len(samples),
     }
+    if force_delta > 0:
+        m["force_wrmse_mev_a"] = 1e3 * (torch.cat(wf) * df.pow(2)).mean().sqrt().item()
     if ds:
         ds = torch.cat(ds)
         m["stress_mae_gpa"] = EV_A3_TO_GPA * ds.abs().mean().item()
@@ -318,7 +361,7 @@ class Trainer:
             refs = fit_element_references(self.train, species)
         else:
             refs = self.model.element_refs.detach().cpu().double().numpy()
-        self.stats = data_statistics(self.train, refs)
+        self.stats = data_statistics(self.train, refs, cfg.force_delta)
         if fit_normalization:
             with torch.no_grad():
                 self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
@@ -383,10 +426,11 @@ class Trainer:
         if data and data["fingerprint"] != self.data_fingerprint:
             raise DataChangedError(f"Checkpoint {path} was trained on other data ({data['n_train']} training frames, now "
                                    f"{len(self.train)}); delete {self.out} or use another work folder to train anew.")
-        saved_balance = st.get("train_config", {}).get("group_balance", 0.0)  # checkpoints older than the option: 0
-        if saved_balance != self.cfg.group_balance:
-            raise ValueError(f"Checkpoint {path} was trained with train.group_balance = {saved_balance}, this run asks "
-                             f"for {self.cfg.group_balance}; set it to {saved_balance} to resume, or use another output folder.")
+        for field in ("group_balance", "force_delta"):  # they change the loss; checkpoints older than an option: 0
+            saved = st.get("train_config", {}).get(field, 0.0)
+            if saved != getattr(self.cfg, field):
+                raise ValueError(f"Checkpoint {path} was trained with train.{field} = {saved}, this run asks for "
+                                 f"{getattr(self.cfg, field)}; set it to {saved} to resume, or use another output folder.")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["optimizer"])
@@ -448,7 +492,7 @@ class Trainer:
 
     def validation_loss(self, metrics: dict) -> float:
         e = metrics["energy_rmse_mev_atom"] / 1e3 / self.stats["energy_per_atom_std"]
-        f = metrics["force_rmse_mev_a"] / 1e3 / self.stats["forces_std"]
+        f = metrics.get("force_wrmse_mev_a", metrics["force_rmse_mev_a"]) / 1e3 / self.stats["forces_std"]
         v = self.cfg.energy_weight * e**2 + self.cfg.forces_weight * f**2
         if "stress_rmse_gpa" in metrics:
             v += self.cfg.stress_weight * (metrics["stress_rmse_gpa"] / EV_A3_TO_GPA / self.stats["stress_std"]) ** 2
@@ -468,7 +512,8 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             train_loss = self.train_epoch()
-            metrics = evaluate(self.ema, self.val, dtype=self.cfg.dtype, device=self.cfg.device)
+            metrics = evaluate(self.ema, self.val, dtype=self.cfg.dtype, device=self.cfg.device,
+                               force_delta=self.cfg.force_delta)
             val_loss = self.validation_loss(metrics)
             self.epoch += 1
             ran += 1
