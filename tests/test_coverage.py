@@ -459,9 +459,10 @@ def test_short_range_frames_push_one_pair_of_each_kind_or_isolate_it(tmp_path):
     assert summary["modes"] == ["dimer", "pushed_pair", "rattle"]
     text = _coverage_text(summary)
     assert "Al-Ni" in text and "0.65" in text and "hard rattles" in text
-    # a molecular liquid is not pushed apart bond by bond
-    assert "short_range" not in {t["protocol"] for t in plan_tasks(GenerateConfig(seeds=["x"], coverage=["short_range"]),
-                                                                    [water_box()])}
+    # a molecular liquid is not pushed apart bond by bond, and the user who asked is told so
+    with pytest.warns(UserWarning, match=r"short_range.*molecular seed.*bonds inside molecules"):
+        planned = plan_tasks(GenerateConfig(seeds=["x"], coverage=["short_range", "hot"]), [water_box()])
+    assert "short_range" not in {t["protocol"] for t in planned} and "hot" in {t["protocol"] for t in planned}
 
 
 def test_a_data_folder_made_before_short_range_is_extended_with_its_options(tmp_path):

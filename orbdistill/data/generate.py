@@ -237,6 +237,15 @@ def plan_tasks(cfg: GenerateConfig, seeds: Union[int, Sequence[Atoms]]) -> List[
             continue
         kind = kinds[s]
         applies = [p for p in cfg.coverage if p in APPLIES[kind]]
+        skipped = [p for p in cfg.coverage if p not in APPLIES[kind] and p not in DEFAULT_COVERAGE]
+        if skipped:  # asked for by name (not a default), yet nothing planned: say so
+            import warnings
+
+            why = {"short_range": "its closest pairs are bonds inside molecules, not contacts to push together",
+                   "reference": "the elemental phases are planned from bulk seeds only"}
+            warnings.warn(f"coverage {skipped} asked for, but seed {s} is a {kind} seed, where "
+                          + "; ".join(f"{p} does not apply ({why.get(p, 'not defined for this kind')})" for p in skipped)
+                          + f"; planned for it: {applies or 'no coverage protocol'}.", UserWarning, stacklevel=2)
         if "surface" in applies:
             from .coverage import facet_label
 
