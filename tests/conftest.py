@@ -24,6 +24,34 @@ def rattled_triclinic_cu(seed=0, rattle=0.08):
     return a
 
 
+def emt_labelled(atoms, protocol, traj):
+    """A copy of ``atoms`` holding EMT's energy, forces and (periodic cells) stress, with the
+    provenance a generated frame carries."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    a = atoms.copy()
+    a.calc = EMT()
+    e, f = a.get_potential_energy(), a.get_forces()
+    s = a.get_stress(voigt=False) if a.pbc.all() else None
+    a.calc = SinglePointCalculator(a, energy=e, forces=f, **({"stress": s} if s is not None else {}))
+    a.info.update(protocol=protocol, traj_id=traj)
+    return a
+
+
+def rattled_cu_cells(n, rng, rattle, a_spread=0.0, protocol="nvt", n_traj=6):
+    """``n`` EMT-labelled 32-atom Cu cells, lattice constant 3.61 x U(1 - a_spread, 1 + a_spread),
+    rattled by ``rattle`` Å, in ``n_traj`` trajectories."""
+    from ase.build import bulk
+
+    out = []
+    for k in range(n):
+        b = bulk("Cu", "fcc", a=3.61 * rng.uniform(1 - a_spread, 1 + a_spread), cubic=True).repeat(2)
+        b.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        out.append(emt_labelled(b, protocol, f"b{k % n_traj}"))
+    return out
+
+
 #: Orb-v3 conservative parameter count (orb-models' builders; Matbench Discovery lists the
 #: same). The one place the number is written; the analyser test also derives student
 #: counts by hand.

@@ -7,39 +7,25 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 
+from conftest import emt_labelled, rattled_cu_cells
 from orbdistill.data.dataset import collate, frames_to_samples
 from orbdistill.models import build_student
 from orbdistill.training.trainer import (TrainConfig, Trainer, compute_loss, data_statistics, evaluate,
                                          evaluate_by_group, force_atom_weights)
 
 
-def labelled(atoms, protocol, traj):
-    a = atoms.copy()
-    a.calc = EMT()
-    e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress(voigt=False)
-    a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
-    a.info.update(protocol=protocol, traj_id=traj)
-    return a
-
-
 def bulk_and_pushed(n_bulk=24, n_pushed=5, factor=0.62, seed=0):
     """Rattled Cu cells (forces ~0.5 eV/Å) and cells with one pair pushed to ``factor`` x the
     nearest-neighbour distance (tens of eV/Å on two atoms)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n_bulk):
-        b = bulk("Cu", "fcc", a=3.61 * rng.uniform(0.99, 1.01), cubic=True).repeat(2)
-        b.rattle(0.05, seed=int(rng.integers(1 << 30)))
-        out.append(labelled(b, "nvt", f"b{k % 8}"))
+    out = rattled_cu_cells(n_bulk, rng, 0.05, a_spread=0.01, n_traj=8)
     for k in range(n_pushed):
         b = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
         b.rattle(0.03, seed=int(rng.integers(1 << 30)))
         d = b.positions[1] - b.positions[0]
         b.positions[1] = b.positions[0] + d * factor * rng.uniform(0.95, 1.05)
-        out.append(labelled(b, "short_range", f"p{k}"))
+        out.append(emt_labelled(b, "short_range", f"p{k}"))
     return out
 
 

@@ -6,40 +6,24 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Icosahedron
 
+from conftest import emt_labelled, rattled_cu_cells
 from orbdistill.data.dataset import collate, frames_to_samples
 from orbdistill.models import build_student
 from orbdistill.training.trainer import (TrainConfig, Trainer, compute_loss, data_statistics, evaluate_by_group,
                                          group_weights)
 
 
-def labelled(atoms, protocol, traj):
-    a = atoms.copy()
-    a.calc = EMT()
-    e, f = a.get_potential_energy(), a.get_forces()
-    s = a.get_stress(voigt=False) if a.pbc.all() else None
-    a.calc = SinglePointCalculator(a, energy=e, forces=f, **({"stress": s} if s is not None else {}))
-    a.info.update(protocol=protocol, traj_id=traj)
-    return a
-
-
 def bulk_and_clusters(n_bulk=36, n_cluster=4, seed=0):
     rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n_bulk):
-        b = bulk("Cu", "fcc", a=3.61 * rng.uniform(0.98, 1.02), cubic=True).repeat(2)
-        b.rattle(0.08, seed=int(rng.integers(1 << 30)))
-        out.append(labelled(b, "nvt", f"b{k % 6}"))
+    out = rattled_cu_cells(n_bulk, rng, 0.08, a_spread=0.02)
     for k in range(n_cluster):
         c = Icosahedron("Cu", 2, latticeconstant=3.61)
         c.rattle(0.1, seed=int(rng.integers(1 << 30)))
         c.center(vacuum=6.0)
         c.pbc = False
-        out.append(labelled(c, "cluster", f"c{k}"))
+        out.append(emt_labelled(c, "cluster", f"c{k}"))
     return out
 
 
