@@ -182,6 +182,8 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
     timing["train_s"] = time.perf_counter() - t1
     if not dist.is_main:
         return {"rank": dist.rank, "package": None, "timing": {k: round(v, 1) for k, v in timing.items()}}
+    # what training cost when its epochs ran, also when this call found them done (a repackaging)
+    timing["train_epochs_s"] = sum(float(row.get("seconds") or 0.0) for row in trainer.history)
     held_out = test_s if test_s else val_s
     tc = trainer.cfg
     metrics = evaluate(best, held_out, dtype=tc.dtype, device=tc.device, return_predictions=True)

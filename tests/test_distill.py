@@ -240,6 +240,13 @@ def test_a_checkpoint_of_other_data_is_refused_or_set_aside_after_an_extension(t
     cfg = small_config(tmp_path, train={"epochs": 1, "batch_size": 8, "warmup_epochs": 1})
     cfg["generate"].update(nvt_frames=4, strain_frames=12, rattle_relax_frames=8)
     first = distill(cfg, progress=False, log_fn=None)
+    # run again on finished data and training: it only repackages, and the card keeps what
+    # the epochs cost when they ran (not this call's few seconds)
+    again = distill(cfg, progress=False, log_fn=None)
+    assert again["timing"]["train_epochs_s"] == pytest.approx(first["timing"]["train_epochs_s"], abs=0.11)
+    assert first["timing"]["train_epochs_s"] > 0
+    card = json.loads((Path(again["package"]) / "card.json").read_text())
+    assert card["timing"]["train_epochs_s"] == again["timing"]["train_epochs_s"]
     cfg["generate"]["nvt_temperatures_k"] = [300.0, 700.0, 1000.0, 1300.0]
     with pytest.raises(ValueError, match="--extend"):
         distill(cfg, progress=False, log_fn=None)

@@ -175,9 +175,10 @@ def _wall_time_text(card: dict) -> str:
         parts.append(f"labelling {label_s:,.0f} s")
     if t.get("sampler_tasks_s") is not None:
         parts.append(f"sampler MD {t['sampler_tasks_s']:,.0f} s")
-    if t.get("train_s") is not None:
+    train_s = t.get("train_epochs_s", t.get("train_s"))  # the epochs' own time: also right after a repackaging
+    if train_s is not None:
         epochs = (card.get("training") or {}).get("epochs_run")
-        parts.append(f"training {t['train_s']:,.0f} s" + (f" ({epochs} epochs)" if epochs else ""))
+        parts.append(f"training {train_s:,.0f} s" + (f" ({epochs} epochs)" if epochs else ""))
     return ", ".join(parts)
 
 
