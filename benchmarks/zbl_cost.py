@@ -15,7 +15,6 @@ import statistics
 from pathlib import Path
 
 
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--package", default="calculators/cu-sevennet-v2")

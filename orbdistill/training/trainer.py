@@ -278,7 +278,8 @@ def evaluate(model: StudentModel, samples: Sequence[Sample], batch_size: int = 1
         n = tgt["n_atoms"].to(out["energy"].dtype)
         de.append(((out["energy"] - tgt["energy"]) / n).detach().cpu().double())
         df.append((out["forces"] - tgt["forces"]).detach().cpu().double().ravel())
-        wf.append(force_atom_weights(tgt["forces"].detach().cpu().double(), force_delta).repeat_interleave(3))
+        if force_delta > 0:
+            wf.append(force_atom_weights(tgt["forces"].detach().cpu().double(), force_delta).repeat_interleave(3))
         if want_stress:
             m = tgt["has_stress"]
             ds.append((out["stress"] - tgt["stress"])[m].detach().cpu().double().ravel())
