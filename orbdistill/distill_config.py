@@ -21,7 +21,7 @@ from orbdistill.config import ConfigError, _format_pydantic, build_config
 TOP_KEYS = ("name", "teacher", "student", "generate", "train", "split", "split_method", "work_dir", "package_dir",
             "device", "threads", "executor", "onpolicy", "sampler")
 TEACHER_KEYS = ("name", "weights", "precision", "modal")
-STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher")
+STUDENT_KEYS = ("kind", "species", "overrides", "init_from_teacher", "init_from")
 
 
 def read_config_file(path) -> dict:
@@ -129,6 +129,12 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
         errors.append(f"student.overrides = {student.get('overrides')!r}: must be a mapping of model config fields")
     if "init_from_teacher" in student and not isinstance(student["init_from_teacher"], bool):
         errors.append(f"student.init_from_teacher = {student['init_from_teacher']!r}: must be true or false")
+    init_from = student.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
+        errors.append(f"student.init_from = {init_from!r}: a package (name or folder) or a student checkpoint file")
+        init_from = None
+    if init_from and student.get("init_from_teacher"):
+        errors.append("student.init_from and student.init_from_teacher both set: start from one set of weights")
     species = student.get("species")
     if species is not None and (not isinstance(species, list) or not species):
         errors.append(f"student.species = {species!r}: must be a non-empty list of elements (e.g. [\"Cu\"]) or null")
@@ -175,7 +181,8 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
             "name": sampler["name"], "weights": _resolve(sampler.get("weights"), base),
             **{k: sampler[k] for k in ("precision", "modal") if sampler.get(k)}},
         "student": {"kind": student["kind"], "species": species, "overrides": dict(student.get("overrides", {})),
-                    "init_from_teacher": bool(student.get("init_from_teacher", False))},
+                    "init_from_teacher": bool(student.get("init_from_teacher", False)),
+                    "init_from": _resolve_weights(init_from, base)},
         "generate": dataclasses.asdict(gen),
         "train": dataclasses.asdict(sections["train"]),
         "executor": dataclasses.asdict(sections["executor"]),
@@ -194,6 +201,15 @@ def load_distill_config(source: Union[str, os.PathLike, dict], base_dir: Optiona
     if check_student:
         check_student_config(out, origin)
     return out
+
+
+def _resolve_weights(value: Optional[str], base: Path) -> Optional[str]:
+    """A path relative to the config's folder when it names something there, else the value
+    as given (a package name, found on the package search path)."""
+    if not value:
+        return None
+    resolved = _resolve(value, base)
+    return resolved if os.path.exists(resolved) else value
 
 
 def _check_teacher(t: dict, origin: str, what: str = "teacher") -> None:
@@ -215,7 +231,6 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
     """Build the student once on the species it will have, so that a bad kind, field,
     type or width fails now rather than after the teacher has labelled the data."""
     from orbdistill.data.seeds import load_seeds
-    from orbdistill.models import build_student
 
     s = cfg["student"]
     species = s.get("species")
@@ -231,7 +246,54 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
             raise ConfigError(f"{origin}: student.init_from_teacher = true needs student.kind 'v1' and an Orb teacher "
                               f"(got kind {s['kind']!r}, teacher {cfg['teacher']['name']!r})")
         return  # built from the teacher's weights later; its widths come from the overrides
+    if s.get("init_from"):
+        model = check_init_from(s, species, origin)
+    else:
+        model = _check_new_student(s, species, origin)
+    gen = cfg["generate"]
+    if set(gen.get("coverage", ())) & {"surface", "cluster"} and gen["vacuum"] < model.cutoff:
+        raise ConfigError(f"{origin}: generate.vacuum = {gen['vacuum']} Å is shorter than the student's cutoff "
+                          f"({model.cutoff} Å): the two sides of a slab or cluster would see each other")
+
+
+def check_init_from(s: dict, species, origin: str = "config"):
+    """The student that ``student.init_from`` names, loaded, after checking that it can be
+    trained on this config's data: the same kind, every element of the seeds among its
+    species, and no override that contradicts the loaded architecture."""
+    from orbdistill.models import load_student
+
+    try:
+        model = load_student(s["init_from"])
+    except Exception as exc:
+        raise ConfigError(f"{origin}: student.init_from = {s['init_from']!r}: {exc}") from None
+    kind = model.config.kind
+    if s["kind"] != kind:
+        raise ConfigError(f"{origin}: student.init_from = {s['init_from']!r} is a {kind} student, but student.kind "
+                          f"is {s['kind']!r}")
+    from ase.data import atomic_numbers, chemical_symbols
+
+    have = {int(z) for z in model.config.species}
+    want = {int(atomic_numbers[z]) if isinstance(z, str) else int(z) for z in species}
+    if want - have:
+        raise ConfigError(f"{origin}: student.init_from = {s['init_from']!r} covers "
+                          f"{', '.join(chemical_symbols[z] for z in sorted(have))}; the data also has "
+                          f"{', '.join(chemical_symbols[z] for z in sorted(want - have))}")
+    stored = model.config.to_dict()
+    clash = {k: (v, stored.get(k)) for k, v in s.get("overrides", {}).items() if k in stored and stored[k] != v}
+    unknown = sorted(set(s.get("overrides", {})) - set(stored))
+    if unknown or clash:
+        what = [f"unknown fields {unknown}"] if unknown else []
+        what += [f"{k} = {v!r} (the weights have {w!r})" for k, (v, w) in clash.items()]
+        raise ConfigError(f"{origin}: student.overrides contradict the weights of student.init_from "
+                          f"{s['init_from']!r}: {'; '.join(what)}. Leave the overrides out (the architecture comes "
+                          "with the weights).")
+    return model
+
+
+def _check_new_student(s: dict, species, origin: str):
     from pydantic import TypeAdapter, ValidationError
+
+    from orbdistill.models import build_student
 
     from orbdistill.models import STUDENT_KINDS
 
@@ -249,10 +311,7 @@ def check_student_config(cfg: dict, origin: str = "config") -> None:
     except Exception as exc:
         raise ConfigError(f"{origin}: student ({s['kind']}, overrides {s.get('overrides', {})}): "
                           f"{type(exc).__name__}: {exc}") from None
-    gen = cfg["generate"]
-    if set(gen.get("coverage", ())) & {"surface", "cluster"} and gen["vacuum"] < model.cutoff:
-        raise ConfigError(f"{origin}: generate.vacuum = {gen['vacuum']} Å is shorter than the student's cutoff "
-                          f"({model.cutoff} Å): the two sides of a slab or cluster would see each other")
+    return model
 
 
 def teacher_from_config(cfg: dict):

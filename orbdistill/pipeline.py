@@ -68,7 +68,17 @@ def _student(cfg: dict, frames, teacher=None):
         if kind != "v1" or teacher is None or teacher.family != "orb":
             raise ValueError("init_from_teacher needs kind 'v1' and an Orb teacher.")
         return v1_from_orb(teacher.model, species=species, **overrides)
+    if s.get("init_from"):  # fine-tuning: the architecture and normalisation come with the weights
+        from orbdistill.distill_config import check_init_from
+
+        return check_init_from(dict(s, species=species), species, "student.init_from").train()
     return build_student(kind, species, **overrides)
+
+
+def _keeps_normalization(cfg: dict) -> bool:
+    """A student that starts from given weights (the teacher's, or a package's) keeps their
+    element references and output scale: it reproduces its starting point at epoch 0."""
+    return bool(cfg["student"].get("init_from_teacher") or cfg["student"].get("init_from"))
 
 
 def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None, log_fn=print, teacher=None,
@@ -99,7 +109,7 @@ def run_train(cfg: dict, progress: bool = True, max_epochs: Optional[int] = None
 
     def new_trainer(model):
         return Trainer(model, samples[0], samples[1], tcfg, train_dir, progress=progress,
-                       fit_normalization=not cfg["student"].get("init_from_teacher"))
+                       fit_normalization=not _keeps_normalization(cfg))
 
     trainer = new_trainer(model)
     try:
