@@ -89,3 +89,45 @@ def test_force_delta_fits_near_equilibrium_forces_better_beside_pushed_pairs(tmp
                     progress=False)
     with pytest.raises(ValueError, match="force_delta = 0.5"):
         again.resume()
+
+
+def test_robust_target_scales_ignore_a_few_far_off_frames(tmp_path):
+    """``target_scales="robust"``: two Cu dimers (eV/atom above the crystal) beside 24 bulk
+    cells inflate the std of the per-atom energies several times, and leave the robust scale
+    near the bulk's own spread; a checkpoint resumes only with the scales it was trained with."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(0)
+    bulk_frames = rattled_cu_cells(24, rng, 0.05, a_spread=0.02, n_traj=8)
+    dimers = [emt_labelled(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, d]], cell=[12.0] * 3, pbc=False),
+                           "short_range", f"dimer{k}") for k, d in enumerate((2.2, 2.5))]
+    refs = np.zeros(119)
+    refs[29] = np.mean([a.get_potential_energy() / len(a) for a in bulk_frames])
+    only_bulk = data_statistics(frames_to_samples(bulk_frames, 4.5), refs)
+    samples = frames_to_samples(bulk_frames + dimers, 4.5)
+    plain = data_statistics(samples, refs)
+    robust = data_statistics(samples, refs, target_scales="robust")
+    assert plain["energy_per_atom_std"] > 5 * only_bulk["energy_per_atom_std"]
+    assert robust["energy_per_atom_std"] == pytest.approx(only_bulk["energy_per_atom_std"], rel=0.35)
+    assert robust["forces_std"] == plain["forces_std"]  # forces: force_delta's business
+    # stress: two cells compressed 8 % (tens of GPa) among the 24 inflate the std, not the robust scale
+    squeezed = []
+    for k in range(2):
+        a = bulk_frames[k].copy()
+        a.set_cell(a.cell * 0.92, scale_atoms=True)
+        squeezed.append(emt_labelled(a, "volume", f"v{k}"))
+    clean = data_statistics(frames_to_samples(bulk_frames, 4.5), refs, target_scales="robust")["stress_std"]
+    assert clean == pytest.approx(only_bulk["stress_std"], rel=0.25)  # normal-ish data: close to the std
+    mixed = frames_to_samples(bulk_frames + squeezed, 4.5)
+    assert data_statistics(mixed, refs)["stress_std"] > 3 * only_bulk["stress_std"]
+    assert data_statistics(mixed, refs, target_scales="robust")["stress_std"] == pytest.approx(clean, rel=0.25)
+    with pytest.raises(ValueError, match="target_scales = 'mad'"):
+        data_statistics(samples, refs, target_scales="mad")
+    model = build_student("v2", [29], num_features=16, num_vector_features=4, num_layers=2, cutoff=4.5)
+    Trainer(model, samples[:20], samples[20:], TrainConfig(epochs=1, batch_size=8, target_scales="robust"),
+            tmp_path / "r", progress=False).fit(log_fn=None)
+    model = build_student("v2", [29], num_features=16, num_vector_features=4, num_layers=2, cutoff=4.5)
+    again = Trainer(model, samples[:20], samples[20:], TrainConfig(epochs=2, batch_size=8), tmp_path / "r",
+                    progress=False)
+    with pytest.raises(ValueError, match="target_scales = robust"):
+        again.resume()

@@ -62,6 +62,11 @@ class TrainConfig:
     # ``force_delta``), so that the few atoms with tens of eV/Å (hard rattles, dimers, pushed pairs) do not
     # outweigh the near-equilibrium forces; 0 weighs every atom alike (see :func:`force_atom_weights`)
     force_delta: NonNegativeFloat = 0.0
+    # how the energy and stress terms are normalised: "std", their standard deviations over the
+    # training set; "robust", 1.4826 x their median absolute deviations (the std of a normal
+    # distribution), which a few per cent of far-off frames (dimers, small clusters, hard
+    # rattles) do not inflate (see :func:`data_statistics`)
+    target_scales: Literal["std", "robust"] = "std"
     # frames of protocol group g (bulk, surface, defect, cluster, hot, volume) weigh (N / (G n_g))^group_balance
     # in the loss: 0 weighs every frame alike, 1 gives every group the same total weight
     group_balance: Annotated[float, Field(ge=0, le=1)] = 0.5
@@ -151,10 +156,43 @@ def force_atom_weights(forces, force_delta: float):
     return 1.0 / (1.0 + np.linalg.norm(forces, axis=-1) / force_delta)
 
 
-def data_statistics(samples: Sequence[Sample], refs: np.ndarray, force_delta: float = 0.0) -> Dict[str, float]:
+def robust_scale(x) -> float:
+    """A spread of ``x`` that a few far-off frames do not inflate. ``x`` is one value per
+    frame, or one row of values per frame (a frame's stress components): each frame's mean
+    square deviation from the median of all values, the median of these over frames, divided
+    by what that median is for independent normal values (chi-square of k over k, k values
+    per row), square root. For one value per frame this is 1.4826 x the median absolute
+    deviation. Normal data give their standard deviation.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.r_[rng.normal(0.0, 0.2, 970), np.full(30, 12.0)]
+    >>> round(float(x.std()), 2), round(robust_scale(x), 2)
+    (2.06, 0.2)
+    >>> rows = rng.normal(0.0, 0.5, (2000, 6))
+    >>> round(robust_scale(rows), 1)
+    0.5
+    """
+    from scipy.stats import chi2
+
+    x = np.asarray(x, dtype=np.float64)
+    rows = x.reshape(len(x), -1)
+    k = rows.shape[1]
+    ms = ((rows - np.median(rows)) ** 2).mean(axis=1)
+    return float(np.sqrt(np.median(ms) / (chi2.median(k) / k)))
+
+
+def data_statistics(samples: Sequence[Sample], refs: np.ndarray, force_delta: float = 0.0,
+                    target_scales: str = "std") -> Dict[str, float]:
     """Scales of the training targets. ``forces_std`` normalises the force loss: with
     ``force_delta`` it is the root of the weighted mean square force (the same weights as the
-    loss), so the force term keeps its share of the loss when a few atoms carry huge forces."""
+    loss), so the force term keeps its share of the loss when a few atoms carry huge forces.
+    With ``target_scales="robust"``, ``energy_per_atom_std`` and ``stress_std`` are
+    :func:`robust_scale` of the per-atom energies (after the references) and of the frames'
+    stress components: dimers or small clusters 10 eV/atom away, or cells compressed to
+    tens of GPa, then no longer shrink the weight of every energy or stress error."""
+    if target_scales not in ("std", "robust"):
+        raise ValueError(f"target_scales = {target_scales!r}: 'std' or 'robust'")
+    spread = robust_scale if target_scales == "robust" else (lambda x: float(np.std(x)))
     e = np.array([(s.energy - refs[s.numbers].sum()) / s.n_atoms for s in samples])
     f = np.concatenate([s.forces.ravel() for s in samples])
     if force_delta > 0:
@@ -164,15 +202,15 @@ def data_statistics(samples: Sequence[Sample], refs: np.ndarray, force_delta: fl
     else:
         forces_std = float(max(f.std(), 1e-3))
     st = [s.stress.ravel() for s in samples if s.stress is not None]
-    st = np.concatenate(st) if st else np.zeros(1)
+    st = np.stack(st) if st else np.zeros((1, 1))
     hv = [s.hvp.ravel() for s in samples if s.hvp is not None]
     hv = np.concatenate(hv) if hv else np.ones(1)
     return {
         "hvp_std": float(max(hv.std(), 1e-3)),
-        "energy_per_atom_std": float(max(e.std(), 1e-4)),
+        "energy_per_atom_std": float(max(spread(e), 1e-4)),
         "forces_rms": float(max(np.sqrt((f**2).mean()), 1e-3)),
         "forces_std": forces_std,
-        "stress_std": float(max(st.std(), 1e-5)),
+        "stress_std": float(max(spread(st), 1e-5)),
         "n_frames": len(samples),
         "n_atoms": int(sum(s.n_atoms for s in samples)),
     }
@@ -362,7 +400,7 @@ class Trainer:
             refs = fit_element_references(self.train, species)
         else:
             refs = self.model.element_refs.detach().cpu().double().numpy()
-        self.stats = data_statistics(self.train, refs, cfg.force_delta)
+        self.stats = data_statistics(self.train, refs, cfg.force_delta, cfg.target_scales)
         if fit_normalization:
             with torch.no_grad():
                 self.model.element_refs.copy_(torch.as_tensor(refs, dtype=self.model.element_refs.dtype))
@@ -427,8 +465,9 @@ class Trainer:
         if data and data["fingerprint"] != self.data_fingerprint:
             raise DataChangedError(f"Checkpoint {path} was trained on other data ({data['n_train']} training frames, now "
                                    f"{len(self.train)}); delete {self.out} or use another work folder to train anew.")
-        for field in ("group_balance", "force_delta"):  # they change the loss; checkpoints older than an option: 0
-            saved = st.get("train_config", {}).get(field, 0.0)
+        # they change the loss; checkpoints older than an option were trained with its default
+        for field, default in (("group_balance", 0.0), ("force_delta", 0.0), ("target_scales", "std")):
+            saved = st.get("train_config", {}).get(field, default)
             if saved != getattr(self.cfg, field):
                 raise ValueError(f"Checkpoint {path} was trained with train.{field} = {saved}, this run asks for "
                                  f"{getattr(self.cfg, field)}; set it to {saved} to resume, or use another output folder.")
