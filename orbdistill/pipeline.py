@@ -75,6 +75,16 @@ def _student(cfg: dict, frames, teacher=None):
     return build_student(kind, species, **overrides)
 
 
+def _start_weights(source: str) -> dict:
+    """Where a fine-tuned student started: the package or file, and its weights' hash."""
+    from orbdistill.packages import file_sha256, find_package
+
+    path = Path(source)
+    if not path.exists():
+        path = find_package(source)
+    return {"source": str(source), "weights_sha256": file_sha256(path / "model.pt" if path.is_dir() else path)}
+
+
 def _keeps_normalization(cfg: dict) -> bool:
     """A student that starts from given weights (the teacher's, or a package's) keeps their
     element references and output scale: it reproduces its starting point at epoch 0."""
@@ -216,7 +226,8 @@ def distill(source, progress: bool = True, log_fn=print, client=None, extend: bo
                  "n_val": len(val_s), "n_test": len(test_s), "protocols": protocols,
                  "temperatures_k": manifest["config"]["nvt_temperatures_k"], "sizes": manifest["config"]["sizes"]},
         "coverage": domain_summary(manifest),
-        "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch, "stats": trainer.stats},
+        "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch, "stats": trainer.stats,
+                     **({"init_from": _start_weights(cfg["student"]["init_from"])} if cfg["student"].get("init_from") else {})},
         "timing": {k: round(v, 1) for k, v in timing.items()},
         "plots": ["parity.png", "learning_curves.png"],
     }

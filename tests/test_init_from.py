@@ -12,7 +12,8 @@ from conftest import small_config
 from orbdistill.config import ConfigError
 from orbdistill.distill_config import load_distill_config
 from orbdistill.models import load_student
-from orbdistill.pipeline import _student, run_train
+from orbdistill.packages import weights_sha256
+from orbdistill.pipeline import _student, distill, run_train
 
 
 def _fine_tune_config(bulk_only, tmp_path, **student):
@@ -30,17 +31,23 @@ def test_fine_tuning_starts_from_the_package_and_beats_a_fresh_start(bulk_only, 
     model = _student(load_distill_config(cfg), [])
     for (k, a), (_, b) in zip(start.state_dict().items(), model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # the weights and normalisation, unchanged
-    _, tuned, _ = run_train(cfg, progress=False, log_fn=None)
+    summary = distill(cfg, progress=False, log_fn=None)  # the data are there: trains and packages
+    tuned = load_student(summary["package"])
     # the element references are the package's, not refitted on this data
-    torch.testing.assert_close(tuned.model.element_refs, start.element_refs, rtol=0, atol=0)
+    torch.testing.assert_close(tuned.element_refs, start.element_refs, rtol=0, atol=0)
+    # the new card and README say where the weights started
+    card = json.loads((Path(summary["package"]) / "card.json").read_text())
+    assert card["training"]["init_from"] == {"source": str(pkg), "weights_sha256": weights_sha256(pkg)}
+    assert f"started from | `{pkg}`" in (Path(summary["package"]) / "README.md").read_text()
     fresh_cfg = dict(cfg, student=small_config(tmp_path)["student"], work_dir=str(tmp_path / "fresh"))
     shutil.copytree(tmp_path / "run" / "data", tmp_path / "fresh" / "data")
     _, fresh, _ = run_train(fresh_cfg, progress=False, log_fn=None)
     # one epoch from the package keeps its accuracy; one epoch from scratch is far off
-    card = json.loads((pkg / "card.json").read_text())
-    tuned_f, fresh_f = tuned.history[-1]["force_mae_mev_a"], fresh.history[-1]["force_mae_mev_a"]
+    start_card = json.loads((pkg / "card.json").read_text())
+    tuned_f = json.loads((tmp_path / "run" / "train" / "history.json").read_text())[-1]["force_mae_mev_a"]
+    fresh_f = fresh.history[-1]["force_mae_mev_a"]
     assert tuned_f < 0.5 * fresh_f
-    assert tuned_f < 3 * card["metrics"]["force_mae_mev_a"]
+    assert tuned_f < 3 * start_card["metrics"]["force_mae_mev_a"]
 
 
 def test_a_checkpoint_file_works_as_well_as_a_package(bulk_only, tmp_path):

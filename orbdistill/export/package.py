@@ -200,6 +200,10 @@ def card_markdown(card: dict) -> str:
     if card.get("sampler"):
         lines.append(f"| configurations | sampled by MD and relaxations of `{card['sampler'].get('name')}`; every "
                      f"frame labelled by the teacher |")
+    start = (card.get("training") or {}).get("init_from")
+    if start:
+        lines.append(f"| started from | `{start['source']}` (weights sha256 {start['weights_sha256'][:12]}...), "
+                     "fine-tuned on the data below |")
     if m:
         lines += [
             f"| held-out energy MAE | {m.get('energy_mae_mev_atom', float('nan')):.2f} meV/atom |",
