@@ -293,9 +293,7 @@ def check_init_from(s: dict, species, origin: str = "config"):
 def _check_new_student(s: dict, species, origin: str):
     from pydantic import TypeAdapter, ValidationError
 
-    from orbdistill.models import build_student
-
-    from orbdistill.models import STUDENT_KINDS
+    from orbdistill.models import STUDENT_KINDS, build_student
 
     cls = STUDENT_KINDS[s["kind"]].config_cls
     fields = cls().to_dict()

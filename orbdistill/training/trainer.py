@@ -63,9 +63,9 @@ class TrainConfig:
     # outweigh the near-equilibrium forces; 0 weighs every atom alike (see :func:`force_atom_weights`)
     force_delta: NonNegativeFloat = 0.0
     # how the energy and stress terms are normalised: "std", their standard deviations over the
-    # training set; "robust", 1.4826 x their median absolute deviations (the std of a normal
-    # distribution), which a few per cent of far-off frames (dimers, small clusters, hard
-    # rattles) do not inflate (see :func:`data_statistics`)
+    # training set; "robust", a median-based spread (for energies 1.4826 x the median absolute
+    # deviation; the std for normal data) that a few per cent of far-off frames (dimers, small
+    # clusters, squeezed cells) do not inflate (see :func:`robust_scale`)
     target_scales: Literal["std", "robust"] = "std"
     # frames of protocol group g (bulk, surface, defect, cluster, hot, volume) weigh (N / (G n_g))^group_balance
     # in the loss: 0 weighs every frame alike, 1 gives every group the same total weight
